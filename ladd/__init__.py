@@ -1,0 +1,3 @@
+"""ladd: latent-augmented masked discrete diffusion in JAX/Flax."""
+
+__version__ = "0.1.0"

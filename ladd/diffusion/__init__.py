@@ -1,0 +1,1 @@
+"""Masked-diffusion mathematics as small pure functions of arrays (method.md §1)."""

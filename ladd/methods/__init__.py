@@ -1,0 +1,16 @@
+"""Diffusion methods: each pairs a network with its loss, likelihood bound and sampler.
+
+A method object offers `init_model(rngs)`, `loss(model, x0, key)`, `nelbo(model, x0, key)`,
+`sample(model, key, num_samples, settings)`, `flops_per_token` and `describe()`; the
+trainer and the entry points use nothing else, so new methods plug in by name here.
+"""
+
+from ladd.methods.mdlm import MaskedDiffusion
+
+METHODS = {"mdlm": MaskedDiffusion}
+
+
+def build_method(config, vocab_size):
+  if config.method not in METHODS:
+    raise ValueError(f"unknown method {config.method!r}; choose one of {sorted(METHODS)}")
+  return METHODS[config.method](config, vocab_size)

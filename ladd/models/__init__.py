@@ -1,0 +1,1 @@
+"""Network code. The diffusion mathematics lives in ladd.diffusion, not here."""

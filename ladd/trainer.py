@@ -1,0 +1,142 @@
+"""The functional train state, one jitted sharded train step, and held-out NELBO.
+
+State is a plain pytree {step, params, opt_state, ema}; params are nnx pure dicts merged
+into the module inside the jitted functions, so nothing walks the object graph per step.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from ladd import sharding
+
+
+def learning_rate_schedule(optim_cfg, total_steps):
+  warmup = optax.linear_schedule(0.0, optim_cfg.lr, max(optim_cfg.warmup_steps, 1))
+  if optim_cfg.decay == "constant":
+    after = optax.constant_schedule(optim_cfg.lr)
+  elif optim_cfg.decay == "cosine":
+    after = optax.cosine_decay_schedule(
+        optim_cfg.lr, max(total_steps - optim_cfg.warmup_steps, 1), alpha=optim_cfg.min_lr_ratio)
+  else:
+    raise ValueError(f"optim.decay must be 'constant' or 'cosine', got {optim_cfg.decay!r}")
+  return optax.join_schedules([warmup, after], [max(optim_cfg.warmup_steps, 1)])
+
+
+def make_optimizer(optim_cfg, total_steps):
+  schedule = learning_rate_schedule(optim_cfg, total_steps)
+  tx = optax.chain(
+      optax.clip_by_global_norm(optim_cfg.grad_clip),
+      optax.adamw(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2, weight_decay=optim_cfg.weight_decay))
+  return tx, schedule
+
+
+@dataclasses.dataclass
+class Trainer:
+  """Everything compiled for one (config, mesh): init, train step, eval step."""
+
+  config: object
+  method: object
+  mesh: jax.sharding.Mesh
+  graphdef: object
+  state_shardings: dict
+  abstract_state: dict
+  init: object
+  train_step: object
+  eval_step: object
+  lr_schedule: object
+
+  def model(self, params):
+    return nnx.merge(self.graphdef, params)
+
+
+def abstract_params(method):
+  """(graphdef, abstract pure-dict params) without allocating anything."""
+  with nnx.use_eager_sharding(False):
+    abstract_model = nnx.eval_shape(lambda: method.init_model(nnx.Rngs(0)))
+  graphdef, state = nnx.split(abstract_model)
+  return graphdef, state
+
+
+def build_trainer(config, method, mesh):
+  graphdef, abstract_nnx_params = abstract_params(method)
+  param_shardings = sharding.state_shardings(abstract_nnx_params, mesh)
+  tx, lr_schedule = make_optimizer(config.optim, config.train.steps)
+  seed = config.seed
+  ema_decay = config.optim.ema_decay
+
+  def init():
+    with nnx.use_eager_sharding(False):
+      model = method.init_model(nnx.Rngs(seed))
+    params = nnx.to_pure_dict(nnx.split(model)[1])
+    return {"step": jnp.zeros((), jnp.int32), "params": params,
+            "opt_state": tx.init(params), "ema": params}
+
+  abstract_state = jax.eval_shape(init)
+  state_shardings = {
+      "step": sharding.replicated(mesh),
+      "params": param_shardings,
+      "ema": param_shardings,
+      "opt_state": optimizer_state_shardings(tx, abstract_state["opt_state"], param_shardings, mesh),
+  }
+
+  def train_step(state, batch):
+    key = jax.random.fold_in(jax.random.key(seed), state["step"])
+
+    def loss_fn(params):
+      return method.loss(nnx.merge(graphdef, params), batch, key)
+
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state["ema"], params)
+    metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads),
+                   lr=lr_schedule(state["step"]))
+    return {"step": state["step"] + 1, "params": params, "opt_state": opt_state, "ema": ema}, metrics
+
+  def eval_step(params, batch, key):
+    per_sequence = method.nelbo(nnx.merge(graphdef, params), batch, key)
+    return {name: value.astype(jnp.float32).sum() for name, value in per_sequence.items()}
+
+  batch_sh = sharding.batch_sharding(mesh)
+  rep = sharding.replicated(mesh)
+  return Trainer(
+      config=config, method=method, mesh=mesh, graphdef=graphdef,
+      state_shardings=state_shardings, abstract_state=abstract_state,
+      init=sharding.on_mesh(mesh, jax.jit(init, out_shardings=state_shardings)),
+      train_step=sharding.on_mesh(mesh, jax.jit(
+          train_step, in_shardings=(state_shardings, batch_sh),
+          out_shardings=(state_shardings, rep), donate_argnums=0)),
+      eval_step=sharding.on_mesh(mesh, jax.jit(
+          eval_step, in_shardings=(param_shardings, batch_sh, rep), out_shardings=rep)),
+      lr_schedule=lr_schedule)
+
+
+def optimizer_state_shardings(tx, abstract_opt_state, param_shardings, mesh):
+  """Adam moments follow their parameters; counts and other scalars are replicated."""
+  return optax.tree_map_params(
+      tx, lambda _, param_sharding: param_sharding, abstract_opt_state, param_shardings,
+      transform_non_params=lambda _: sharding.replicated(mesh))
+
+
+def evaluate_nelbo(trainer, params, batches, seed, t_samples=1):
+  """Sum of per-sequence NELBO over held-out batches (each with t_samples draws of t).
+
+  Returns a dict of float64 totals keyed like the method's nelbo output, plus
+  `sequences` and `tokens`.
+  """
+  totals, sequences, tokens = {}, 0, 0
+  key = jax.random.key(seed)
+  for i, local_batch in enumerate(batches):
+    batch = sharding.global_batch(local_batch, trainer.mesh)
+    for j in range(t_samples):
+      sums = trainer.eval_step(params, batch, jax.random.fold_in(key, i * t_samples + j))
+      for name, value in sums.items():
+        totals[name] = totals.get(name, 0.0) + float(value) / t_samples
+    sequences += batch.shape[0]
+    tokens += batch.size
+  return dict(totals, sequences=sequences, tokens=tokens)
