@@ -1,7 +1,9 @@
 """The functional train state, one jitted sharded train step, and held-out NELBO.
 
-State is a plain pytree {step, params, opt_state, ema}; params are nnx pure dicts merged
-into the module inside the jitted functions, so nothing walks the object graph per step.
+State is a plain pytree {step, params, model_state, opt_state, ema}. `params` are the
+nnx.Param variables, `model_state` every other variable (e.g. an EMA codebook updated in
+the forward pass; empty for MDLM), both as nnx pure dicts merged into the module inside
+the jitted functions, so nothing walks the object graph per step.
 """
 
 import dataclasses
@@ -50,21 +52,19 @@ class Trainer:
   eval_step: object
   lr_schedule: object
 
-  def model(self, params):
-    return nnx.merge(self.graphdef, params)
 
-
-def abstract_params(method):
-  """(graphdef, abstract pure-dict params) without allocating anything."""
-  with nnx.use_eager_sharding(False):
-    abstract_model = nnx.eval_shape(lambda: method.init_model(nnx.Rngs(0)))
-  graphdef, state = nnx.split(abstract_model)
-  return graphdef, state
+def split_model(model):
+  """(graphdef, nnx.Param state, state of every other variable)."""
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  return graphdef, params, rest
 
 
 def build_trainer(config, method, mesh):
-  graphdef, abstract_nnx_params = abstract_params(method)
-  param_shardings = sharding.state_shardings(abstract_nnx_params, mesh)
+  with nnx.use_eager_sharding(False):
+    abstract_model = nnx.eval_shape(lambda: method.init_model(nnx.Rngs(0)))
+  graphdef, abstract_params, abstract_rest = split_model(abstract_model)
+  param_shardings = sharding.state_shardings(abstract_params, mesh)
+  model_state_shardings = sharding.state_shardings(abstract_rest, mesh)
   tx, lr_schedule = make_optimizer(config.optim, config.train.steps)
   seed = config.seed
   ema_decay = config.optim.ema_decay
@@ -72,14 +72,16 @@ def build_trainer(config, method, mesh):
   def init():
     with nnx.use_eager_sharding(False):
       model = method.init_model(nnx.Rngs(seed))
-    params = nnx.to_pure_dict(nnx.split(model)[1])
-    return {"step": jnp.zeros((), jnp.int32), "params": params,
+    _, params, rest = split_model(model)
+    params = nnx.to_pure_dict(params)
+    return {"step": jnp.zeros((), jnp.int32), "params": params, "model_state": nnx.to_pure_dict(rest),
             "opt_state": tx.init(params), "ema": params}
 
   abstract_state = jax.eval_shape(init)
   state_shardings = {
       "step": sharding.replicated(mesh),
       "params": param_shardings,
+      "model_state": model_state_shardings,
       "ema": param_shardings,
       "opt_state": optimizer_state_shardings(tx, abstract_state["opt_state"], param_shardings, mesh),
   }
@@ -88,18 +90,21 @@ def build_trainer(config, method, mesh):
     key = jax.random.fold_in(jax.random.key(seed), state["step"])
 
     def loss_fn(params):
-      return method.loss(nnx.merge(graphdef, params), batch, key)
+      model = nnx.merge(graphdef, params, state["model_state"])
+      loss, metrics = method.loss(model, batch, key, state["step"])
+      return loss, (metrics, nnx.to_pure_dict(nnx.state(model, nnx.Not(nnx.Param))))
 
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    (loss, (metrics, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state["ema"], params)
     metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads),
                    lr=lr_schedule(state["step"]))
-    return {"step": state["step"] + 1, "params": params, "opt_state": opt_state, "ema": ema}, metrics
+    return {"step": state["step"] + 1, "params": params, "model_state": model_state,
+            "opt_state": opt_state, "ema": ema}, metrics
 
-  def eval_step(params, batch, key):
-    per_sequence = method.nelbo(nnx.merge(graphdef, params), batch, key)
+  def eval_step(params, model_state, batch, key):
+    per_sequence = method.nelbo(nnx.merge(graphdef, params, model_state), batch, key)
     return {name: value.astype(jnp.float32).sum() for name, value in per_sequence.items()}
 
   batch_sh = sharding.batch_sharding(mesh)
@@ -112,7 +117,7 @@ def build_trainer(config, method, mesh):
           train_step, in_shardings=(state_shardings, batch_sh),
           out_shardings=(state_shardings, rep), donate_argnums=0)),
       eval_step=sharding.on_mesh(mesh, jax.jit(
-          eval_step, in_shardings=(param_shardings, batch_sh, rep), out_shardings=rep)),
+          eval_step, in_shardings=(param_shardings, model_state_shardings, batch_sh, rep), out_shardings=rep)),
       lr_schedule=lr_schedule)
 
 
@@ -123,7 +128,7 @@ def optimizer_state_shardings(tx, abstract_opt_state, param_shardings, mesh):
       transform_non_params=lambda _: sharding.replicated(mesh))
 
 
-def evaluate_nelbo(trainer, params, batches, seed, t_samples=1):
+def evaluate_nelbo(trainer, params, model_state, batches, seed, t_samples=1):
   """Sum of per-sequence NELBO over held-out batches (each with t_samples draws of t).
 
   Returns a dict of float64 totals keyed like the method's nelbo output, plus
@@ -134,7 +139,7 @@ def evaluate_nelbo(trainer, params, batches, seed, t_samples=1):
   for i, local_batch in enumerate(batches):
     batch = sharding.global_batch(local_batch, trainer.mesh)
     for j in range(t_samples):
-      sums = trainer.eval_step(params, batch, jax.random.fold_in(key, i * t_samples + j))
+      sums = trainer.eval_step(params, model_state, batch, jax.random.fold_in(key, i * t_samples + j))
       for name, value in sums.items():
         totals[name] = totals.get(name, 0.0) + float(value) / t_samples
     sequences += batch.shape[0]

@@ -1,6 +1,6 @@
 """Diffusion methods: each pairs a network with its loss, likelihood bound and sampler.
 
-A method object offers `init_model(rngs)`, `loss(model, x0, key)`, `nelbo(model, x0, key)`,
+A method object offers `init_model(rngs)`, `loss(model, x0, key, step)`, `nelbo(model, x0, key)`,
 `sample(model, key, num_samples, settings)`, `flops_per_token` and `describe()`; the
 trainer and the entry points use nothing else, so new methods plug in by name here.
 """

@@ -47,7 +47,8 @@ class MaskedDiffusion:
     token_nll, _, t = self._token_nll(model, x0, key)
     return {"nelbo": masking.nelbo_per_sequence(token_nll, t, self.schedule)}
 
-  def loss(self, model, x0, key):
+  def loss(self, model, x0, key, step):
+    del step  # the MDLM objective does not change during training
     token_nll, x_t, t = self._token_nll(model, x0, key)
     nelbo = masking.nelbo_per_sequence(token_nll, t, self.schedule)
     num_tokens = x0.size

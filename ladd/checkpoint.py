@@ -1,0 +1,121 @@
+"""Orbax checkpoints: items `state` (step, params, model_state, optimiser), `ema` (EMA
+parameters with model_state: all that sampling and evaluation read),
+`data` (the grain iterator) and `config` (JSON), in `<workdir>/checkpoints/<step>`.
+
+Restores always go through an abstract target carrying NamedShardings on the *current*
+mesh, so a checkpoint written on a pod loads on one CPU and vice versa.
+"""
+
+import json
+import os
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+# Keys that fix parameter shapes or the meaning of token ids: a checkpoint whose
+# config differs in any of them cannot be restored under the current config.
+SHAPE_KEYS = ("method", "model.d_model", "model.n_layers", "model.n_heads", "model.mlp_ratio",
+              "model.cond_dim", "model.vocab_pad_multiple", "data.seq_len", "data.source",
+              "data.tokenizer", "vocab_size")
+
+
+TRAIN_ITEMS = ("step", "params", "model_state", "opt_state")
+
+
+class CheckpointError(ValueError):
+  pass
+
+
+def checkpoint_dir(workdir):
+  return os.path.join(os.path.abspath(workdir), "checkpoints")
+
+
+def manager(workdir, keep=3, read_only=False):
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=keep, create=not read_only, cleanup_tmp_directories=not read_only,
+      enable_async_checkpointing=not read_only, read_only=read_only)
+  return ocp.CheckpointManager(checkpoint_dir(workdir), options=options)
+
+
+def save(mgr, step, state, data_iterator, config_record):
+  mgr.save(step, args=ocp.args.Composite(
+      state=ocp.args.StandardSave({k: state[k] for k in TRAIN_ITEMS}),
+      ema=ocp.args.StandardSave(_inference_tree(state)),
+      data=grain.checkpoint.CheckpointSave(data_iterator),
+      config=ocp.args.JsonSave(config_record)))
+
+
+def _flatten(record, prefix=""):
+  out = {}
+  for key, value in record.items():
+    if isinstance(value, dict):
+      out.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+def check_compatible(saved_record, current_record, where):
+  saved, current = _flatten(saved_record), _flatten(current_record)
+  diffs = [f"{k}: checkpoint {saved.get(k)!r} vs config {current.get(k)!r}"
+           for k in SHAPE_KEYS if saved.get(k) != current.get(k)]
+  if diffs:
+    raise CheckpointError(f"checkpoint in {where} is incompatible with the config ({'; '.join(diffs)})")
+
+
+def read_config_record(mgr, step):
+  try:
+    return mgr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+  except Exception as e:  # orbax raises many types for unreadable directories
+    raise CheckpointError(f"checkpoint step {step} in {mgr.directory} is unreadable: {type(e).__name__}: {e}".splitlines()[0]) from e
+
+
+def _abstract(tree, shardings):
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings)
+
+
+def restore_train(mgr, step, trainer, data_iterator):
+  """Restores state and EMA onto trainer's mesh and the data iterator in place."""
+  target = _train_target(trainer)
+  ema_target = _inference_target(trainer)
+  try:
+    restored = mgr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target), ema=ocp.args.StandardRestore(ema_target),
+        data=grain.checkpoint.CheckpointRestore(data_iterator)))
+  except Exception as e:
+    raise CheckpointError(f"cannot restore checkpoint step {step} from {mgr.directory}: {type(e).__name__}: {e}".splitlines()[0]) from e
+  return dict(restored["state"], ema=restored["ema"]["params"])
+
+
+def _inference_tree(state):
+  """What sampling and evaluation need: EMA parameters and the non-parameter variables."""
+  return {"params": state["ema"], "model_state": state["model_state"]}
+
+
+def _train_target(trainer):
+  return {k: _abstract(trainer.abstract_state[k], trainer.state_shardings[k]) for k in TRAIN_ITEMS}
+
+
+def _inference_target(trainer):
+  return {"params": _abstract(trainer.abstract_state["ema"], trainer.state_shardings["ema"]),
+          "model_state": _abstract(trainer.abstract_state["model_state"], trainer.state_shardings["model_state"])}
+
+
+def restore_params(mgr, step, trainer, which="ema"):
+  """(params, model_state) for sampling and evaluation; params are EMA by default."""
+  try:
+    if which == "ema":
+      restored = mgr.restore(step, args=ocp.args.Composite(ema=ocp.args.StandardRestore(_inference_target(trainer))))["ema"]
+    else:
+      restored = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(_train_target(trainer))))["state"]
+  except Exception as e:
+    raise CheckpointError(f"cannot restore parameters of step {step} from {mgr.directory}: {type(e).__name__}: {e}".splitlines()[0]) from e
+  return restored["params"], restored["model_state"]
+
+
+def write_json(path, record):
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(record, f, indent=2)
+  os.replace(tmp, path)

@@ -1,0 +1,147 @@
+"""build_dataset: one Dataset from the data config, whatever the source."""
+
+from collections.abc import Callable
+from pathlib import Path
+
+import grain
+
+from ladd.data import binsaw
+from ladd.data.dataset import Dataset
+from ladd.data.errors import DataError
+from ladd.data.pretokenized import array_record_windows, npy_windows
+from ladd.data.shakespeare import load_shakespeare
+from ladd.data.streams import TokenWindows, held_out_count
+from ladd.data.text import (SPLITS, InMemoryCorpus, TextCorpus, chars_per_token,
+                            read_text_path, split_off_tail, tokenise_corpus)
+from ladd.data.tfds_text import TfdsCorpus, open_tfds_split
+
+TOKENIZERS = ("char", "bpe")
+
+
+def _binsaw(cfg, workdir: Path | None) -> Dataset:
+  del workdir  # generated on the fly, nothing to cache
+  if cfg.binsaw_saws < 1 or not 0 < cfg.binsaw_floor < 0.5:
+    raise DataError(f"binsaw needs data.binsaw_saws >= 1 and 0 < data.binsaw_floor <"
+                    f" 0.5, got {cfg.binsaw_saws} and {cfg.binsaw_floor}")
+
+  def split(split_id: int, num_examples: int) -> grain.MapDataset:
+    return grain.MapDataset.source(binsaw.BinsawSource(
+        cfg.seq_len, cfg.binsaw_saws, cfg.binsaw_floor, cfg.shuffle_seed, split_id,
+        num_examples))
+
+  return Dataset(
+      vocab_size=2, seq_len=cfg.seq_len,
+      train_examples=split(0, binsaw.TRAIN_LENGTH),
+      eval_examples=split(1, binsaw.EVAL_LENGTH),
+      shuffle_seed=cfg.shuffle_seed, num_workers=cfg.num_workers,
+      exact=binsaw.BinsawDensity(cfg.seq_len, cfg.binsaw_saws, cfg.binsaw_floor),
+      mask_symbol="_", id_separator="")
+
+
+def _text_dataset(cfg, workdir: Path | None, corpus: TextCorpus) -> Dataset:
+  tokenizer, token_streams = tokenise_corpus(cfg.tokenizer, cfg.bpe_vocab_size, workdir,
+                                             corpus)
+  windows = {split: TokenWindows(token_streams[split], cfg.seq_len) for split in SPLITS}
+  _check_not_empty(len(windows["train"]), len(windows["eval"]), cfg.seq_len)
+  character_level = tokenizer.kind == "char"
+  return Dataset(
+      vocab_size=tokenizer.vocab_size, seq_len=cfg.seq_len,
+      train_examples=grain.MapDataset.source(windows["train"]),
+      eval_examples=grain.MapDataset.source(windows["eval"]),
+      shuffle_seed=cfg.shuffle_seed, num_workers=cfg.num_workers, tokenizer=tokenizer,
+      chars_per_token=chars_per_token(tokenizer, windows["eval"].covered_tokens()),
+      is_character_level=character_level,
+      mask_symbol="_" if character_level else "[MASK]")
+
+
+def _shakespeare(cfg, workdir: Path | None) -> Dataset:
+  return _text_dataset(cfg, workdir, InMemoryCorpus(*load_shakespeare(cfg.eval_plays)))
+
+
+def _text(cfg, workdir: Path | None) -> Dataset:
+  text = read_text_path(cfg.path)
+  if cfg.eval_path:
+    corpus = InMemoryCorpus(text, read_text_path(cfg.eval_path))
+  else:
+    corpus = InMemoryCorpus(*split_off_tail(text))
+  return _text_dataset(cfg, workdir, corpus)
+
+
+def _tfds(cfg, workdir: Path | None) -> Dataset:
+  if not cfg.tfds_name:
+    raise DataError("data.source='tfds' needs data.tfds_name (e.g. 'lm1b')")
+  splits = {
+      "train": open_tfds_split(cfg.tfds_name, cfg.tfds_train_split, cfg.tfds_data_dir),
+      "eval": open_tfds_split(cfg.tfds_name, cfg.tfds_eval_split, cfg.tfds_data_dir),
+  }
+  return _text_dataset(cfg, workdir, TfdsCorpus(splits, cfg.tfds_text_key))
+
+
+def _pretokenized_dataset(cfg, open_split: Callable[[str], object]) -> Dataset:
+  if cfg.vocab_size <= 0:
+    raise DataError(f"data.source={cfg.source!r} holds token ids: set data.vocab_size"
+                    " to the number of distinct ids (> 0)")
+  train = grain.MapDataset.source(open_split(cfg.path))
+  if cfg.eval_path:
+    eval_ = grain.MapDataset.source(open_split(cfg.eval_path))
+  else:
+    cut = len(train) - held_out_count(len(train))
+    train, eval_ = train[:cut], train[cut:]
+  _check_not_empty(len(train), len(eval_), cfg.seq_len)
+  return Dataset(vocab_size=cfg.vocab_size, seq_len=cfg.seq_len, train_examples=train,
+                 eval_examples=eval_, shuffle_seed=cfg.shuffle_seed,
+                 num_workers=cfg.num_workers)
+
+
+def _npy(cfg, workdir: Path | None) -> Dataset:
+  del workdir  # already tokenised, nothing to cache
+  return _pretokenized_dataset(
+      cfg, lambda path: npy_windows(path, cfg.seq_len, cfg.vocab_size))
+
+
+def _array_record(cfg, workdir: Path | None) -> Dataset:
+  del workdir  # already tokenised, nothing to cache
+  return _pretokenized_dataset(
+      cfg, lambda pattern: array_record_windows(pattern, cfg.seq_len, cfg.vocab_size))
+
+
+_BUILDERS = {
+    "shakespeare": _shakespeare, "binsaw": _binsaw, "text": _text, "npy": _npy,
+    "array_record": _array_record, "tfds": _tfds,
+}
+
+
+def _check_config(cfg) -> None:
+  if cfg.source not in _BUILDERS:
+    raise DataError(f"unknown data.source {cfg.source!r}; use one of"
+                    f" {', '.join(_BUILDERS)}")
+  if cfg.source in ("shakespeare", "text", "tfds") and cfg.tokenizer not in TOKENIZERS:
+    raise DataError(f"unknown data.tokenizer {cfg.tokenizer!r}; use 'char' or 'bpe'")
+  for key in ("seq_len", "batch_size", "eval_batch_size"):
+    if cfg[key] < 1:
+      raise DataError(f"data.{key} must be at least 1, got {cfg[key]}")
+  for key in ("shuffle_seed", "num_workers"):
+    if cfg[key] < 0:
+      raise DataError(f"data.{key} must be >= 0, got {cfg[key]}")
+
+
+def _check_not_empty(train_examples: int, eval_examples: int, seq_len: int) -> None:
+  for split, count in (("train", train_examples), ("eval", eval_examples)):
+    if count == 0:
+      raise DataError(f"the {split} split holds no complete window of data.seq_len="
+                      f"{seq_len} tokens; lower seq_len or add data")
+
+
+def build_dataset(data_cfg, workdir: str | None) -> Dataset:
+  """The Dataset for data_cfg. Text sources keep their tokenizer and token streams
+  in workdir (created if missing) and reuse them on later calls; None trains in
+  memory."""
+  _check_config(data_cfg)
+  if workdir:
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+  dataset = _BUILDERS[data_cfg.source](data_cfg, Path(workdir) if workdir else None)
+  if len(dataset.eval_examples) < data_cfg.eval_batch_size:
+    raise DataError(f"the held-out split has {len(dataset.eval_examples)} examples,"
+                    f" fewer than one eval batch (data.eval_batch_size="
+                    f"{data_cfg.eval_batch_size}); lower it or hold out more data")
+  return dataset

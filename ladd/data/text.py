@@ -1,0 +1,113 @@
+"""Text corpora to a tokenizer and train/eval token streams, cached in the work dir.
+
+Files in the work directory:
+  tokenizer.json    trained on the first run, loaded on every later one;
+  tokens_train.npy  the tokenised splits; reused only together with the saved
+  tokens_eval.npy   tokenizer they were made with, recomputed when missing.
+"""
+
+import dataclasses
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from ladd.data import streams
+from ladd.data.errors import DataError
+from ladd.data.tokenizers import Tokenizer, load_tokenizer, train_tokenizer
+
+TOKENIZER_FILE = "tokenizer.json"
+SPLITS = ("train", "eval")
+
+
+class TextCorpus(Protocol):
+
+  def tokenizer_text(self) -> str:
+    """The text the tokenizer is trained on."""
+
+  def chunks(self, split: str) -> Iterable[str]:
+    """The split's text in order, in pieces small enough to tokenise one at a time."""
+
+
+@dataclasses.dataclass(frozen=True)
+class InMemoryCorpus:
+  train: str
+  eval: str
+
+  def __post_init__(self):
+    for split in SPLITS:
+      if not getattr(self, split):
+        raise DataError(f"the {split} text is empty; check data.path / data.eval_path"
+                        " / data.eval_plays")
+
+  def tokenizer_text(self) -> str:
+    return self.train
+
+  def chunks(self, split: str) -> Iterable[str]:
+    return [getattr(self, split)]
+
+
+def read_text_path(path: str) -> str:
+  """A .txt file, or every .txt file under a directory (sorted, joined by newlines)."""
+  root = Path(path)
+  files = sorted(root.rglob("*.txt")) if path and root.is_dir() else [root]
+  if not path or not root.exists() or not files:
+    raise DataError(f"no text found at data.path={path!r}; give a .txt file or a"
+                    " directory containing .txt files")
+  return "\n".join(f.read_text(encoding="utf-8") for f in files)
+
+
+def split_off_tail(text: str) -> tuple[str, str]:
+  """(first 95%, last 5%) of the characters: the default held-out split."""
+  cut = len(text) - int(len(text) * streams.HOLD_OUT_FRACTION)
+  return text[:cut], text[cut:]
+
+
+def _load_or_train_tokenizer(kind: str, bpe_vocab_size: int, workdir: Path | None,
+                             corpus: TextCorpus) -> tuple[Tokenizer, bool]:
+  """The tokenizer, and whether it came from the work directory."""
+  path = workdir / TOKENIZER_FILE if workdir else None
+  if path and path.exists():
+    tokenizer = load_tokenizer(path)
+    if tokenizer.kind != kind:
+      raise DataError(f"{path} holds a {tokenizer.kind!r} tokenizer but data.tokenizer="
+                      f"{kind!r}; use a fresh workdir or set data.tokenizer="
+                      f"{tokenizer.kind!r}")
+    return tokenizer, True
+  tokenizer = train_tokenizer(kind, corpus.tokenizer_text(), bpe_vocab_size)
+  if path:
+    tokenizer.save(path)
+  return tokenizer, False
+
+
+def _encode_chunks(tokenizer: Tokenizer, corpus: TextCorpus,
+                   split: str) -> Iterable[np.ndarray]:
+  # A generator: the corpus is read only if the cache has to be (re)built.
+  for chunk in corpus.chunks(split):
+    yield tokenizer.encode(chunk)
+
+
+def _token_stream(tokenizer: Tokenizer, corpus: TextCorpus, split: str,
+                  workdir: Path | None, cache_valid: bool) -> np.ndarray:
+  encoded = _encode_chunks(tokenizer, corpus, split)
+  if workdir is None:
+    return np.concatenate([np.zeros(0, np.int32), *encoded])
+  path = workdir / f"tokens_{split}.npy"
+  if not (cache_valid and path.exists()):
+    streams.write_token_stream(path, encoded)
+  return np.load(path, mmap_mode="r")
+
+
+def tokenise_corpus(kind: str, bpe_vocab_size: int, workdir: Path | None,
+                    corpus: TextCorpus) -> tuple[Tokenizer, dict[str, np.ndarray]]:
+  """The tokenizer and each split's token stream, from the cache when possible."""
+  tokenizer, loaded = _load_or_train_tokenizer(kind, bpe_vocab_size, workdir, corpus)
+  token_streams = {split: _token_stream(tokenizer, corpus, split, workdir, loaded)
+                   for split in SPLITS}
+  return tokenizer, token_streams
+
+
+def chars_per_token(tokenizer: Tokenizer, tokens: np.ndarray) -> float:
+  """Characters per token of `tokens`, to turn nats per token into bits per char."""
+  return len(tokenizer.decode(tokens)) / len(tokens)

@@ -1,0 +1,104 @@
+"""What the three entry points share: distributed start-up, validation, and building
+dataset, method, mesh and compiled trainer from a config."""
+
+import dataclasses
+import os
+
+import jax
+import ml_collections
+
+from ladd import sharding
+from ladd.data import build_dataset
+from ladd.methods import build_method
+from ladd.trainer import build_trainer
+
+
+def init_distributed(coordinator_address, num_processes, process_id, auto):
+  """Must run before any other JAX call; only on multi-process launches."""
+  if num_processes > 1:
+    if not coordinator_address:
+      raise ValueError("--num_processes > 1 needs --coordinator_address=HOST:PORT")
+    if jax.default_backend() == "cpu" or jax.config.jax_platforms == "cpu":
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=coordinator_address,
+                               num_processes=num_processes, process_id=process_id)
+  elif auto:
+    jax.distributed.initialize()  # TPU pods and SLURM clusters describe themselves
+
+
+def validate(config, mesh):
+  data = config.data
+  procs = jax.process_count()
+  for name, size in (("data.batch_size", data.batch_size), ("data.eval_batch_size", data.eval_batch_size)):
+    divisor = sharding.batch_divisor(mesh)
+    if size <= 0 or size % divisor:
+      raise ValueError(f"{name}={size} must be a positive multiple of data x fsdp = {divisor} (mesh {sharding.describe(mesh)})")
+    if size % procs:
+      raise ValueError(f"{name}={size} must be divisible by the number of processes ({procs})")
+  if config.train.steps < 0:
+    raise ValueError(f"train.steps must be >= 0, got {config.train.steps}")
+  for name in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
+    if config.train[name] < 1:
+      raise ValueError(f"train.{name} must be >= 1, got {config.train[name]}")
+
+
+def config_record(config, vocab_size):
+  """JSON-safe config plus the facts derived from data, stored in every checkpoint."""
+  return dict(config.to_dict(), vocab_size=int(vocab_size))
+
+
+def config_from_record(record):
+  record = dict(record)
+  record.pop("vocab_size", None)
+  return ml_collections.ConfigDict(record)
+
+
+@dataclasses.dataclass
+class Job:
+  config: ml_collections.ConfigDict
+  dataset: object
+  method: object
+  mesh: jax.sharding.Mesh
+  trainer: object
+
+  @property
+  def record(self):
+    return config_record(self.config, self.dataset.vocab_size)
+
+
+def build_job(config, workdir):
+  mesh = sharding.make_mesh(config.mesh)
+  validate(config, mesh)
+  dataset = build_dataset(config.data, workdir)
+  method = build_method(config, dataset.vocab_size)
+  return Job(config, dataset, method, mesh, build_trainer(config, method, mesh))
+
+
+def load_job(workdir, step=None):
+  """Rebuilds the job a checkpoint was trained with, on all local devices (data parallel).
+
+  Returns (job, manager, step); errors name the work directory and what is missing.
+  """
+  from ladd import checkpoint  # orbax import is slow; only entry points need it
+
+  if not workdir:
+    raise ValueError("--workdir is required")
+  if not os.path.isdir(checkpoint.checkpoint_dir(workdir)):
+    raise FileNotFoundError(f"no checkpoints in {workdir}: train first with python -m ladd.train --workdir={workdir}")
+  mgr = checkpoint.manager(workdir, read_only=True)
+  steps = mgr.all_steps()
+  if not steps:
+    raise FileNotFoundError(f"no complete checkpoint in {checkpoint.checkpoint_dir(workdir)}")
+  if step is None:
+    step = max(steps)
+  elif step not in steps:
+    raise ValueError(f"checkpoint step {step} not found in {workdir}; available: {sorted(steps)}")
+  record = checkpoint.read_config_record(mgr, step)
+  config = config_from_record(record)
+  config.mesh.update(data=-1, fsdp=1, tensor=1)
+  mesh = sharding.make_mesh(config.mesh)
+  dataset = build_dataset(config.data, workdir)
+  if dataset.vocab_size != record.get("vocab_size"):
+    raise checkpoint.CheckpointError(f"checkpoint vocab_size {record.get('vocab_size')} differs from the data's {dataset.vocab_size}")
+  method = build_method(config, dataset.vocab_size)
+  return Job(config, dataset, method, mesh, build_trainer(config, method, mesh)), mgr, step

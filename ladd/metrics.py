@@ -1,0 +1,66 @@
+"""Training metrics: console lines, metrics.jsonl and TensorBoard events (process 0 only)."""
+
+import json
+import math
+import os
+import time
+
+import jax
+
+# Dense bf16 peak FLOP/s per device, used for MFU; config train.peak_tflops_per_device overrides.
+PEAK_FLOPS = {
+    "H100": 989e12, "H200": 989e12, "A100": 312e12, "B200": 2250e12,
+    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
+    "TPU v5": 459e12, "TPU v6 lite": 918e12, "TPU v6e": 918e12,
+}
+
+
+def peak_flops_per_device(override_tflops=0.0):
+  if override_tflops > 0:
+    return override_tflops * 1e12
+  kind = jax.devices()[0].device_kind
+  matches = [name for name in PEAK_FLOPS if name.lower() in kind.lower()]
+  return PEAK_FLOPS[max(matches, key=len)] if matches else None
+
+
+class MetricWriter:
+  def __init__(self, workdir, enabled=True):
+    self.enabled = enabled
+    self.jsonl = None
+    self.tb = None
+    if enabled:
+      self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+      from tensorboardX import SummaryWriter  # heavy import, only on the writing process
+      self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def write(self, step, metrics):
+    if not self.enabled:
+      return
+    record = {"step": int(step), "time": time.time(), **{k: _plain(v) for k, v in metrics.items()}}
+    self.jsonl.write(json.dumps(record) + "\n")
+    self.jsonl.flush()
+    for name, value in record.items():
+      if name not in ("step", "time") and isinstance(value, (int, float)) and math.isfinite(value):
+        self.tb.add_scalar(name, value, int(step))
+    self.tb.flush()
+
+  def close(self):
+    if self.enabled:
+      self.jsonl.close()
+      self.tb.close()
+
+
+def _plain(value):
+  try:
+    return float(value)
+  except (TypeError, ValueError):
+    return value
+
+
+def console(step, total, metrics, keys):
+  parts = [f"step {step}/{total}"]
+  for key in keys:
+    if key in metrics and metrics[key] is not None:
+      value = metrics[key]
+      parts.append(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}")
+  print(" | ".join(parts), flush=True)
