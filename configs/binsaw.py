@@ -6,6 +6,8 @@ Variants: default (CPU, a few minutes), `:tiny` (seconds; tests).
 
 from ladd.config import default_config
 
+VARIANTS = ("", "tiny")
+
 
 def get_config(variant=""):
   c = default_config()

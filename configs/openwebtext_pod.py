@@ -9,6 +9,8 @@ Variants: default (v5p-128: fsdp over all chips), `:v5e` (data x fsdp on 16x16).
 
 from ladd.config import default_config
 
+VARIANTS = ("", "v5e")
+
 
 def get_config(variant=""):
   c = default_config()

@@ -7,6 +7,8 @@ L = 1024, for accelerators).
 
 from ladd.config import default_config
 
+VARIANTS = ("", "tiny", "bpe", "base")
+
 
 def get_config(variant=""):
   c = default_config()

@@ -3,9 +3,11 @@
 Prints one JSON object (also written to `<workdir>/eval.json`): the continuous-time
 NELBO per token and per sequence (and any further terms the method's `nelbo` returns,
 e.g. elbo_x / elbo_y for latent methods), the perplexity bound exp(NELBO/token), bits per token,
-bits per character for text, and the estimator used.
+bits per character for text, and the estimator used. Sources with a known joint (toys) also
+get exact sample metrics at each `--sample_steps` count and `<workdir>/exact_densities.png`.
 """
 
+import dataclasses
 import json
 import os
 
@@ -14,9 +16,12 @@ import numpy as np
 from absl import app
 from absl import flags as absl_flags
 
-from ladd import checkpoint, flags
+from ladd import checkpoint, exact_metrics, flags
+from ladd.data.toys import JointDistribution
+from ladd.diffusion.sampling import SamplerSettings
 from ladd.errors import one_line_errors
 from ladd.job import load_job
+from ladd.generate import sample
 from ladd.trainer import evaluate_nelbo
 
 NUM_BATCHES = absl_flags.DEFINE_integer("num_batches", None, "Held-out batches (default: config eval.num_batches; 0 = whole split).")
@@ -25,6 +30,7 @@ SEED = absl_flags.DEFINE_integer("seed", None, "Estimator seed (default: config 
 STEP = absl_flags.DEFINE_integer("checkpoint_step", None, "Checkpoint step to load (default: newest).")
 PARAMS = absl_flags.DEFINE_enum("params", "ema", ["ema", "raw"], "EMA or raw parameters.")
 OUTPUT = absl_flags.DEFINE_string("output", "", "Output JSON (default: <workdir>/eval.json).")
+SAMPLE_STEPS = absl_flags.DEFINE_list("sample_steps", ["1", "2", "5", "10"], "Step counts for the exact sample metrics of sources with a known joint (toys).")
 
 
 def evaluate(job, params, model_state, num_batches, t_samples, seed):
@@ -56,6 +62,50 @@ def evaluate(job, params, model_state, num_batches, t_samples, seed):
   return result
 
 
+def exact_sample_metrics(job, params, model_state, sample_steps, seed, plot_path=None):
+  """Sources with a known joint: JS (2D toys) or KL and TV (dependency tasks) of
+  config eval.exact_samples samples at each step count, and the sample histograms.
+
+  Returns ({steps: {metric: value, "nfe": ...}}, {steps: sample distribution}); with
+  `plot_path`, 2D toys also get a PNG of the true and generated densities.
+  """
+  exact, cfg = job.dataset.exact, job.config
+  settings_fields = {f.name for f in dataclasses.fields(SamplerSettings)} & set(cfg.sample)
+  base = SamplerSettings(**{name: cfg.sample[name] for name in settings_fields})
+  num_samples = cfg.eval.exact_samples
+  metrics, distributions = {}, {}
+  for steps in sample_steps:
+    settings = dataclasses.replace(base, steps=steps)
+    tokens, nfe = sample(job, params, model_state, settings, num_samples, num_samples, seed)
+    metrics[steps] = dict(exact_metrics.sample_metrics(tokens, exact.probs, exact.metrics, cfg.eval.exact_bins), nfe=nfe)
+    distributions[steps] = exact_metrics.normalised(exact_metrics.sample_counts(tokens, exact.probs.shape))
+  if plot_path and "js" in exact.metrics:
+    plot_2d_densities(exact.probs, {job.method.name: distributions}, plot_path)
+  return metrics, distributions
+
+
+def plot_2d_densities(truth, rows, path):
+  """One row per label in `rows` ({label: {steps: [B, B] probs}}): the true density, then
+  the generated one at each step count."""
+  import matplotlib  # plotting only happens here; keep the import off the common path
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  columns = max(len(by_steps) for by_steps in rows.values()) + 1
+  fig, axes = plt.subplots(len(rows), columns, figsize=(2 * columns, 2 * len(rows)), squeeze=False)
+  for row, (label, by_steps) in zip(axes, rows.items()):
+    panels = [("true", truth)] + [(f"{label}, {steps} step{'s' * (steps != 1)}", probs) for steps, probs in by_steps.items()]
+    for ax, (title, probs) in zip(row, panels):
+      ax.imshow(probs.T, origin="lower", cmap="magma", vmin=0, vmax=truth.max())
+      ax.set_title(title, fontsize=7)
+    for ax in row:
+      ax.set_xticks([])
+      ax.set_yticks([])
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
 def main(argv):
   del argv
   with one_line_errors("ladd.evaluate"):
@@ -66,6 +116,10 @@ def main(argv):
     params, model_state = checkpoint.restore_params(mgr, step, job.trainer, PARAMS.value)
     result = evaluate(job, params, model_state, cfg.num_batches if NUM_BATCHES.value is None else NUM_BATCHES.value,
                       T_SAMPLES.value or cfg.t_samples, cfg.seed if SEED.value is None else SEED.value)
+    if isinstance(job.dataset.exact, JointDistribution):
+      steps = [int(s) for s in SAMPLE_STEPS.value]
+      plot = os.path.join(workdir, "exact_densities.png") if jax.process_index() == 0 else None
+      result["exact_sample_metrics"], _ = exact_sample_metrics(job, params, model_state, steps, job.config.sample.seed, plot)
     result = dict(job.method.describe(), checkpoint_step=int(step), params=PARAMS.value, **result)
     if jax.process_index() == 0:
       checkpoint.write_json(OUTPUT.value or os.path.join(workdir, "eval.json"), result)
@@ -73,4 +127,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=flags.parser("ladd.evaluate"))

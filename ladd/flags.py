@@ -1,5 +1,8 @@
 """absl flags shared by the entry points."""
 
+import re
+import sys
+
 from absl import flags
 
 WORKDIR = flags.DEFINE_string("workdir", None, "Work directory: checkpoints, metrics, tokenizer, samples.")
@@ -12,3 +15,24 @@ DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.init
 def start_distributed():
   from ladd.job import init_distributed
   init_distributed(COORDINATOR.value, NUM_PROCESSES.value, PROCESS_ID.value, DISTRIBUTED.value)
+
+
+def parser(program):
+  """A flags parser for app.run that reports bad flags (typos in --config.* included)
+  as one line and exit status 2 instead of a traceback."""
+  def parse(argv):
+    try:
+      return flags.FLAGS(argv)
+    except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:
+      message = str(e).replace("\\n", "\n").replace("\\'", "'")
+      if "Traceback" in message:  # a config file raised: its own message is the last line
+        message = message.strip().splitlines()[-1]
+      typo = re.search(r'Did you mean "(.+?)" instead of "(.+?)"', message)  # a --config.* typo
+      if typo:
+        message = f"unknown config key {typo.group(2)!r}; did you mean {typo.group(1)!r}?"
+      elif isinstance(e, (AttributeError, KeyError)):
+        message = f"unknown config key {message.strip(chr(34))}"
+      message = " ".join(message.split())
+      print(f"{program}: error: bad flag: {message}", file=sys.stderr, flush=True)
+      sys.exit(2)
+  return parse

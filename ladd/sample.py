@@ -10,14 +10,13 @@ import os
 import time
 
 import jax
-import numpy as np
 from absl import app
 from absl import flags as absl_flags
-from flax import nnx
 
 from ladd import checkpoint, flags
 from ladd.diffusion.sampling import SamplerSettings
 from ladd.errors import one_line_errors
+from ladd.generate import sample
 from ladd.job import load_job
 
 STEPS = absl_flags.DEFINE_integer("steps", None, "Sampling steps N (default: config sample.steps).")
@@ -35,23 +34,6 @@ QUIET = absl_flags.DEFINE_bool("quiet", False, "Do not print the decoded samples
 
 def pick(flag_value, default):
   return default if flag_value is None else flag_value
-
-
-def sample(job, params, model_state, settings, num_samples, batch_size, seed):
-  """Returns (tokens [num_samples, L] numpy, mean NFE per batch)."""
-  graphdef, method = job.trainer.graphdef, job.method
-
-  @jax.jit
-  def draw(params, model_state, key):
-    return method.sample(nnx.merge(graphdef, params, model_state), key, batch_size, settings)
-
-  chunks, nfes = [], []
-  with jax.set_mesh(job.mesh):
-    for i in range(-(-num_samples // batch_size)):
-      tokens, info = draw(params, model_state, jax.random.fold_in(jax.random.key(seed), i))
-      chunks.append(np.asarray(jax.device_get(tokens)))
-      nfes.append(int(info["nfe"]))
-  return np.concatenate(chunks)[:num_samples], float(np.mean(nfes))
 
 
 def main(argv):
@@ -97,4 +79,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=flags.parser("ladd.sample"))

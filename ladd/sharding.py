@@ -21,7 +21,9 @@ LOGICAL_RULES = (
     ("heads", "tensor"),
     ("mlp", "tensor"),
     ("cond", None),
-    ("freq", None),
+    ("latent", None),  # LADD latent vector dims d (small: replicated)
+    ("codes", None),  # Di-LADD code ids (codebook size K + MASK)
+    ("freq", "fsdp"),
 )
 
 

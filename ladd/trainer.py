@@ -98,7 +98,7 @@ def build_trainer(config, method, mesh):
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state["ema"], params)
-    metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads),
+    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads),
                    lr=lr_schedule(state["step"]))
     return {"step": state["step"] + 1, "params": params, "model_state": model_state,
             "opt_state": opt_state, "ema": ema}, metrics
