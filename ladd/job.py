@@ -18,8 +18,8 @@ def init_distributed(coordinator_address, num_processes, process_id, auto):
   if num_processes > 1:
     if not coordinator_address:
       raise ValueError("--num_processes > 1 needs --coordinator_address=HOST:PORT")
-    if jax.default_backend() == "cpu" or jax.config.jax_platforms == "cpu":
-      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # Only CPU devices use it; querying the backend here would initialise it too early.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=coordinator_address,
                                num_processes=num_processes, process_id=process_id)
   elif auto:

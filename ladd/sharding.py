@@ -108,10 +108,4 @@ def on_mesh(mesh, jitted):
   def call(*args):
     with jax.set_mesh(mesh):
       return jitted(*args)
-  call.lower = lambda *args: _lower_on_mesh(mesh, jitted, *args)
   return call
-
-
-def _lower_on_mesh(mesh, jitted, *args):
-  with jax.set_mesh(mesh):
-    return jitted.lower(*args)

@@ -12,6 +12,8 @@ import dataclasses
 
 import numpy as np
 
+from ladd.data.errors import DataError
+
 TRAIN_LENGTH = 2**24  # random access by index, so "infinite" costs nothing
 EVAL_LENGTH = 4096
 _QUADRATURE_FLOATS = 2**20  # bounds the [rows, points] log-likelihood block (8 MB)
@@ -34,10 +36,11 @@ def sample_binsaw(rng: np.random.Generator, n: int, length: int, saws: int,
 
 def binsaw_log_prob(x: np.ndarray, saws: int, floor: float,
                     num_points: int = 4096) -> np.ndarray:
-  """Exact log p(x) in nats for x [n, L] of 0/1, by midpoint quadrature over u."""
+  """log p(x) in nats for x [n, L] of 0/1, by midpoint quadrature over u (logsumexp
+  over the points). At the defaults 4096 points are within ~1e-4 nats of exact."""
   x = np.asarray(x)
   if x.ndim != 2 or not np.isin(x, (0, 1)).all():
-    raise ValueError(f"binsaw_log_prob needs a [n, L] array of 0/1, got shape {x.shape}")
+    raise DataError(f"binsaw_log_prob needs a [n, L] array of 0/1, got shape {x.shape}")
   probs = binsaw_probs((np.arange(num_points) + 0.5) / num_points, x.shape[1], saws,
                        floor)
   log_p, log_1mp = np.log(probs).T, np.log1p(-probs).T  # [L, points]

@@ -1,11 +1,11 @@
 """build_dataset: one Dataset from the data config, whatever the source."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import grain
 
-from ladd.data import binsaw
+from ladd.data import binsaw, toys
 from ladd.data.dataset import Dataset
 from ladd.data.errors import DataError
 from ladd.data.pretokenized import array_record_windows, npy_windows
@@ -77,7 +77,7 @@ def _tfds(cfg, workdir: Path | None) -> Dataset:
   return _text_dataset(cfg, workdir, TfdsCorpus(splits, cfg.tfds_text_key))
 
 
-def _pretokenized_dataset(cfg, open_split: Callable[[str], object]) -> Dataset:
+def _pretokenized_dataset(cfg, open_split: Callable[[str], Sequence]) -> Dataset:
   if cfg.vocab_size <= 0:
     raise DataError(f"data.source={cfg.source!r} holds token ids: set data.vocab_size"
                     " to the number of distinct ids (> 0)")
@@ -108,6 +108,7 @@ def _array_record(cfg, workdir: Path | None) -> Dataset:
 _BUILDERS = {
     "shakespeare": _shakespeare, "binsaw": _binsaw, "text": _text, "npy": _npy,
     "array_record": _array_record, "tfds": _tfds,
+    **{name: toys.toy_dataset for name in toys.TOYS},
 }
 
 

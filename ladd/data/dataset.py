@@ -55,16 +55,20 @@ class Dataset:
 
   def train_iterator(self, process_index: int, process_count: int,
                      local_batch: int) -> grain.DatasetIterator:
-    """Infinite shuffled [local_batch, seq_len] int32 batches of this process's
-    shard; get_state()/set_state() resume exactly."""
+    """Infinite shuffled [local_batch, seq_len] int32 batches; get_state()/set_state()
+    resume exactly.
+
+    Process p reads rows [p * local_batch, (p + 1) * local_batch) of every global
+    batch, so the global batch (and the run) does not depend on the process count.
+    Grain batches lazily: each process reads only its own rows.
+    """
     _check_process(process_index, process_count, local_batch)
-    shard = self.train_examples[process_index::process_count]
-    if len(shard) == 0:
+    if len(self.train_examples) < local_batch * process_count:
       raise DataError(f"the train split has {len(self.train_examples)} examples, fewer"
-                      f" than the {process_count} processes reading it")
-    batches = shard.shuffle(self.shuffle_seed).repeat().batch(local_batch,
-                                                              drop_remainder=True)
-    pipeline = batches.to_iter_dataset(_READ_AHEAD)
+                      f" than one global batch of {local_batch * process_count}")
+    blocks = self.train_examples.shuffle(self.shuffle_seed).repeat().batch(
+        local_batch, drop_remainder=True)
+    pipeline = blocks[process_index::process_count].to_iter_dataset(_READ_AHEAD)
     if self.num_workers > 0:
       pipeline = pipeline.mp_prefetch(
           grain.MultiprocessingOptions(num_workers=self.num_workers))
@@ -84,8 +88,7 @@ class Dataset:
     if num_batches is None:
       num_batches = available
     if not 0 <= num_batches <= available:
-      raise DataError(f"asked for {num_batches} eval batches but the held-out split has"
-                      f" {available} of {global_batch} examples; ask for fewer")
-    batches = self.eval_examples[process_index::process_count].batch(
-        local_batch, drop_remainder=True)
-    return (batches[i] for i in range(num_batches))
+      raise DataError(f"asked for {num_batches} eval batches but the held-out split holds"
+                      f" {available} batches of {global_batch} examples; ask for fewer")
+    blocks = self.eval_examples.batch(local_batch, drop_remainder=True)
+    return (blocks[i * process_count + process_index] for i in range(num_batches))

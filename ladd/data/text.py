@@ -4,6 +4,8 @@ Files in the work directory:
   tokenizer.json    trained on the first run, loaded on every later one;
   tokens_train.npy  the tokenised splits; reused only together with the saved
   tokens_eval.npy   tokenizer they were made with, recomputed when missing.
+A work directory therefore belongs to one data configuration: change the data
+(source, paths, eval_plays, tokenizer) and use a fresh one.
 """
 
 import dataclasses
