@@ -12,10 +12,10 @@ VARIANTS = ("", "tiny", "bpe", "base")
 
 def get_config(variant=""):
   c = default_config()
-  c.data.update(source="shakespeare", tokenizer="char", seq_len=128, batch_size=32, eval_batch_size=32)
-  c.model.update(d_model=128, n_layers=4, n_heads=4, cond_dim=64)
+  c.data.update(source="shakespeare", tokenizer="char", seq_len=128, batch_size=16, eval_batch_size=32)
+  c.model.update(d_model=128, n_layers=3, n_heads=4, cond_dim=64)
   c.optim.update(lr=1e-3, warmup_steps=100, ema_decay=0.99)
-  c.train.update(steps=1500, log_every=100, eval_every=500, eval_batches=8, checkpoint_every=500)
+  c.train.update(steps=1200, log_every=50, eval_every=400, eval_batches=8, checkpoint_every=400)
   c.sample.update(steps=128, num_samples=4)
   c.eval.update(num_batches=32)
   if variant == "tiny":

@@ -101,3 +101,22 @@ def test_fresh_model_perplexity_is_vocabulary_size(tmp_path):
   # that is 0.33%, so 1.2% is a 3.5-sigma band on log-perplexity.
   assert totals["sequences"] == 8192
   assert totals["nelbo"] / totals["tokens"] == pytest.approx(np.log(job.dataset.vocab_size), rel=0.012)
+
+
+def test_short_binsaw_run_sits_between_entropy_and_independent_bits(tmp_path):
+  """method.md §5: the exact entropy (~67.9 nats) is a floor for any NELBO, and an
+  independent-bits model scores 128 ln 2 ~ 88.7; a short run must land clearly between."""
+  from configs import binsaw
+  config = binsaw.get_config()
+  config.model.update(d_model=64, n_layers=2, n_heads=4, cond_dim=32)
+  config.data.update(batch_size=32, eval_batch_size=128)
+  config.optim.update(lr=3e-3, warmup_steps=30, ema_decay=0.9)
+  config.train.update(steps=150, log_every=50, eval_every=1000, checkpoint_every=1000)
+  state = train(config, str(tmp_path))
+  job = build_job(config, str(tmp_path))
+  batches = job.dataset.eval_batches(0, 1, 128, 8)
+  totals = evaluate_nelbo(job.trainer, state["ema"], state["model_state"], batches, seed=0)
+  nelbo = totals["nelbo"] / totals["sequences"]
+  entropy = job.dataset.exact.entropy()
+  assert entropy == pytest.approx(67.9, abs=0.3)
+  assert entropy < nelbo < 0.92 * 128 * np.log(2), (nelbo, entropy)
