@@ -4,7 +4,7 @@ known, so NELBO can be compared with the true entropy (about 67.9 nats/sequence)
 Variants: default (CPU, a few minutes), `:tiny` (seconds; tests).
 """
 
-from ladd.config import default_config
+from ladd.config import default_config, make_tiny
 
 VARIANTS = ("", "tiny")
 
@@ -18,11 +18,7 @@ def get_config(variant=""):
   c.sample.update(steps=128, num_samples=16)
   c.eval.update(num_batches=16)
   if variant == "tiny":
-    c.data.update(seq_len=32, batch_size=8, eval_batch_size=8)
-    c.model.update(d_model=32, n_layers=1, n_heads=2, cond_dim=16)
-    c.train.update(steps=4, log_every=2, eval_every=4, eval_batches=1, checkpoint_every=2)
-    c.sample.update(steps=4, num_samples=2)
-    c.eval.update(num_batches=2)
+    make_tiny(c)
   elif variant:
     raise ValueError(f"unknown variant {variant!r} of configs/binsaw.py; choose tiny")
   return c

@@ -5,7 +5,7 @@ Variants: `configs/shakespeare.py` (the CPU quickstart, ~10 min on 2 cores),
 L = 1024, for accelerators).
 """
 
-from ladd.config import default_config
+from ladd.config import default_config, make_tiny
 
 VARIANTS = ("", "tiny", "bpe", "base")
 
@@ -19,11 +19,7 @@ def get_config(variant=""):
   c.sample.update(steps=128, num_samples=4)
   c.eval.update(num_batches=32)
   if variant == "tiny":
-    c.data.update(seq_len=32, batch_size=8, eval_batch_size=8)
-    c.model.update(d_model=32, n_layers=1, n_heads=2, cond_dim=16)
-    c.train.update(steps=4, log_every=2, eval_every=4, eval_batches=1, checkpoint_every=2)
-    c.sample.update(steps=4, num_samples=2)
-    c.eval.update(num_batches=2)
+    make_tiny(c)
   elif variant == "bpe":
     c.data.update(tokenizer="bpe", bpe_vocab_size=2048)
   elif variant == "base":

@@ -18,6 +18,10 @@ def default_config():
       tfds_eval_split="validation", tfds_text_key="text",
       binsaw_saws=2, binsaw_floor=0.01,
       eval_plays=("hamlet", "the-tempest", "twelfth-night"),
+      # Toys with an exact joint (method.md §5; sources checkerboard | swiss_roll | circles |
+      # copy | parity | mixture): 2D points in toy_bins bins per coordinate; copy/mixture
+      # symbols; P(x2 = x1) extra mass; mixture components and the seed that draws them.
+      toy_bins=128, toy_vocab=8, copy_prob=0.9, mixture_components=4, mixture_seed=0,
   )
   c.model = dict(
       d_model=256, n_layers=4, n_heads=4, mlp_ratio=4, cond_dim=128,
@@ -39,7 +43,50 @@ def default_config():
       checkpoint_every=500, keep_checkpoints=3,
       peak_tflops_per_device=0.0,  # 0 = look up by device kind; unknown kinds report no MFU
   )
+  # LADD (method.md §2): method "co_ladd" (Gaussian latent) or "di_ladd" (VQ codes).
+  c.latent = dict(
+      schedule="joint",  # joint (one network call per step) | sequential (latent first, then tokens)
+      slots=1, dim=32,  # S' latent slots of d dims (Di: d = code vector dim D)
+      encoder_layers=1, encoder_d_model=64, encoder_heads=2,
+      sigma0_mode="none", sigma0=0.1,  # encoder noise: none | fixed | learned (init sigma0)
+      l2_norm=False,  # per-slot L2 normalisation of y0 (to norm sqrt(d))
+      corruption_max=0.0,  # p_r ~ U[0, corruption_max] per sequence (reference 0.9); 0 = off
+      dropout=0.0,  # p_tau: fraction of examples trained with y_t = y0 = 0 (reference 0.15)
+      kl_weight=0.0,  # lambda in lambda/2 ||y0||^2
+      time_shift=1.0,  # a in t' = a t / (1 + (a - 1) t), applied to the latent time
+      w_x=1.0, w_y=1.0,
+      y_weighting="unweighted",  # L_y weighting: unweighted | elbo
+      gaussian_schedule="sqrt",  # g(t): sqrt (sqrt(1-t)) | linear (1-t) | cosine | square (1-t^2)
+      denoiser_layers=2, denoiser_d_model=64, denoiser_heads=2,  # g_psi (Co sequential)
+      codebook_size=32, commitment=0.25, codebook_decay=0.99,  # Di: K, beta, EMA decay
+      code_schedule="linear",  # Di codes: linear | polynomial (1 - t^2)
+      independent_times=False,  # draw t_y independently of t_x
+      stage="both",  # both | tokens (stage 1: encoder + token denoiser) | latent (stage 2)
+      freeze_encoder=False,  # stage 2: no gradient into the encoder
+      condition_ty=True,  # add emb(t_y) to the conditioning (emb(t_x): model.time_conditioning)
+  )
+  # VADD / VMD (method.md §3, §4): Gaussian latent z through adaLN, recognition model r/q(z | ...).
+  c.vae = dict(
+      latent_dim=8,
+      recognition_d_model=64, recognition_layers=1, recognition_heads=2,
+      kl_anneal_steps=0,  # lambda rises linearly 0 -> 1 over this many steps; 0 = always 1
+      importance_samples=1,  # VADD nelbo: z samples per t for the importance-weighted bound
+      vmd_posterior="x0_xt",  # VMD q(z | x0, x_t) | "x0": q(z | x0), a strict bound
+      vmd_decoding="sample",  # VMD token choice at each step: sample | argmax
+  )
   c.mesh = dict(data=-1, fsdp=1, tensor=1)
-  c.sample = dict(steps=128, num_samples=8, temperature=1.0, final_fill="sample", cache=True, seed=0)
-  c.eval = dict(num_batches=0, t_samples=1, seed=0)  # num_batches 0 = the whole held-out split
+  c.sample = dict(steps=128, num_samples=8, temperature=1.0, final_fill="sample", cache=True, seed=0,
+                  latent_steps=0, latent_sampler="ddim")  # LADD: N_y (0 = steps); ddim | ancestral
+  c.eval = dict(num_batches=0, t_samples=1, seed=0,  # num_batches 0 = the whole held-out split
+                exact_samples=20000, exact_bins=32)  # exact-joint sources: samples drawn, 2D metric bins
+  return c
+
+
+def make_tiny(c):
+  """Shrinks a config in place to a seconds-long CPU run (the `:tiny` variants; tests)."""
+  c.data.update(seq_len=32, batch_size=8, eval_batch_size=8)
+  c.model.update(d_model=32, n_layers=1, n_heads=2, cond_dim=16)
+  c.train.update(steps=4, log_every=2, eval_every=4, eval_batches=1, checkpoint_every=2)
+  c.sample.update(steps=4, num_samples=2)
+  c.eval.update(num_batches=2)
   return c
