@@ -10,7 +10,6 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx
 
@@ -41,8 +40,6 @@ def make_optimizer(optim_cfg, total_steps):
 class Trainer:
   """Everything compiled for one (config, mesh): init, train step, eval step."""
 
-  config: object
-  method: object
   mesh: jax.sharding.Mesh
   graphdef: object
   state_shardings: dict
@@ -50,7 +47,6 @@ class Trainer:
   init: object
   train_step: object
   eval_step: object
-  lr_schedule: object
 
 
 def split_model(model):
@@ -110,15 +106,14 @@ def build_trainer(config, method, mesh):
   batch_sh = sharding.batch_sharding(mesh)
   rep = sharding.replicated(mesh)
   return Trainer(
-      config=config, method=method, mesh=mesh, graphdef=graphdef,
+      mesh=mesh, graphdef=graphdef,
       state_shardings=state_shardings, abstract_state=abstract_state,
       init=sharding.on_mesh(mesh, jax.jit(init, out_shardings=state_shardings)),
       train_step=sharding.on_mesh(mesh, jax.jit(
           train_step, in_shardings=(state_shardings, batch_sh),
           out_shardings=(state_shardings, rep), donate_argnums=0)),
       eval_step=sharding.on_mesh(mesh, jax.jit(
-          eval_step, in_shardings=(param_shardings, model_state_shardings, batch_sh, rep), out_shardings=rep)),
-      lr_schedule=lr_schedule)
+          eval_step, in_shardings=(param_shardings, model_state_shardings, batch_sh, rep), out_shardings=rep)))
 
 
 def optimizer_state_shardings(tx, abstract_opt_state, param_shardings, mesh):
