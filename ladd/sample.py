@@ -25,6 +25,8 @@ BATCH_SIZE = absl_flags.DEFINE_integer("batch_size", 0, "Samples per device call
 SEED = absl_flags.DEFINE_integer("seed", None, "Sampling seed (default: config sample.seed).")
 TEMPERATURE = absl_flags.DEFINE_float("temperature", None, "Softmax temperature (default: config sample.temperature).")
 FINAL_FILL = absl_flags.DEFINE_enum("final_fill", None, ["sample", "argmax"], "How the last step fills remaining masks.")
+LATENT_STEPS = absl_flags.DEFINE_integer("latent_steps", None, "LADD sequential schedule: latent steps N_y (default: config sample.latent_steps; 0 = steps).")
+LATENT_SAMPLER = absl_flags.DEFINE_enum("latent_sampler", None, ["ddim", "ancestral"], "Co-LADD latent step (default: config sample.latent_sampler).")
 NO_CACHE = absl_flags.DEFINE_bool("no_cache", False, "Call the network at every step even when nothing changed.")
 STEP = absl_flags.DEFINE_integer("checkpoint_step", None, "Checkpoint step to load (default: newest).")
 PARAMS = absl_flags.DEFINE_enum("params", "ema", ["ema", "raw"], "EMA or raw parameters.")
@@ -45,7 +47,9 @@ def main(argv):
     cfg = job.config.sample
     settings = SamplerSettings(
         steps=pick(STEPS.value, cfg.steps), temperature=pick(TEMPERATURE.value, cfg.temperature),
-        final_fill=pick(FINAL_FILL.value, cfg.final_fill), cache=cfg.cache and not NO_CACHE.value)
+        final_fill=pick(FINAL_FILL.value, cfg.final_fill), cache=cfg.cache and not NO_CACHE.value,
+        latent_steps=pick(LATENT_STEPS.value, cfg.latent_steps),
+        latent_sampler=pick(LATENT_SAMPLER.value, cfg.latent_sampler))
     num_samples = pick(NUM_SAMPLES.value, cfg.num_samples)
     if num_samples < 1:
       raise ValueError(f"--num_samples must be >= 1, got {num_samples}")
@@ -58,7 +62,9 @@ def main(argv):
     seconds = time.time() - start
     exact = job.dataset.exact
     true_nll = -exact.log_prob(tokens) if exact is not None else None
+    latent_steps = getattr(job.method, "latent_steps", None)  # N_y, for latent-augmented methods
     base = dict(job.method.describe(), sampler="ancestral", steps=settings.steps, nfe=nfe,
+                N_x=settings.steps, N_y=latent_steps(settings) if latent_steps else None,
                 temperature=settings.temperature, final_fill=settings.final_fill, cache=settings.cache,
                 seed=seed, checkpoint_step=int(step), params=PARAMS.value)
     output = OUTPUT.value or os.path.join(workdir, "samples.jsonl")

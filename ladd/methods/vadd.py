@@ -1,0 +1,164 @@
+"""VADD: variational autoencoding discrete diffusion (method.md §3).
+
+Every reverse step gets a fresh Gaussian latent z ~ N(0, I) that enters the DiT through
+adaLN, so one step samples from a mixture of factorised distributions and can emit
+correlated tokens. Training uses the double ELBO: inside the §1 NELBO the masked-token
+cross-entropy becomes the per-t VAE bound E_r[-log p(x0 | x_t, z)] + lambda KL(r || N(0, I))
+with the mask-aware recognition model r(z | x0, m_t) and lambda annealed 0 -> 1.
+
+`LatentVariableDiffusion` holds what VADD and VMD (ladd.methods.vmd) share: the
+network, the noised batch, the reparameterised reconstruction and KL; the subclasses
+differ in how the KL is weighted, what the posterior sees, and how z is drawn when sampling.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from ladd.diffusion import gaussian_latent, masking, sampling
+from ladd.methods.mdlm import MaskedDiffusion
+from ladd.models.dit import train_flops_per_token
+from ladd.models.recognition import VariationalDenoiser, recognition_config
+
+ACTIVE_DIM_NATS = 0.01  # a latent dim whose mean KL is below this carries no information
+
+
+class LatentVariableDiffusion(MaskedDiffusion):
+  """Masked diffusion with a Gaussian latent z and an amortised posterior over it."""
+
+  def __init__(self, config, vocab_size):
+    super().__init__(config, vocab_size)
+    vae = config.vae
+    if vae.latent_dim < 1 or vae.importance_samples < 1 or vae.kl_anneal_steps < 0:
+      raise ValueError("vae.latent_dim and vae.importance_samples must be >= 1 and"
+                       f" vae.kl_anneal_steps >= 0, got {vae.latent_dim},"
+                       f" {vae.importance_samples}, {vae.kl_anneal_steps}")
+    self.latent_dim = vae.latent_dim
+    self.recognition_cfg = recognition_config(self.model_cfg, vae)
+    self.kl_anneal_steps = vae.kl_anneal_steps
+    self.importance_samples = vae.importance_samples
+
+  def init_model(self, rngs):
+    return VariationalDenoiser(self.model_cfg, self.recognition_cfg, self.latent_dim, rngs)
+
+  @property
+  def flops_per_token(self):
+    # The recognition trunk is counted as a DiT of its size (its pooled head is smaller).
+    return (train_flops_per_token(self.model_cfg, self.seq_len)
+            + train_flops_per_token(self.recognition_cfg, self.seq_len))
+
+  def describe(self):
+    return dict(super().describe(), latent_dim=self.latent_dim,
+                kl_anneal_steps=self.kl_anneal_steps, importance_samples=self.importance_samples)
+
+  def posterior_mask(self, x_t):
+    """What the posterior is told about x_t: the masked positions m_t."""
+    return x_t == self.mask_id
+
+  def weighted_terms(self, t, recon, kl):
+    """(reconstruction term, KL term) of the per-sequence bound; subclasses weight them."""
+    raise NotImplementedError
+
+  def _terms(self, model, x0, key, num_z=1):
+    """Noised batch and per-sequence terms with num_z posterior samples per sequence.
+
+    Returns t [B], x_t [B, L], recon [num_z, B] (sum of -log p(x0^i | x_t, z) over masked
+    positions), the posterior (mean, log_var) [B, d] and the samples z [num_z, B, d]. The t
+    and x_t draws use the same keys as MDLM, so the two methods see identical noise.
+    """
+    t_key, mask_key = jax.random.split(key)
+    z_key = jax.random.fold_in(key, 2)  # fold_in(key, 0 or 1) would equal the split keys
+    t = masking.stratified_times(t_key, x0.shape[0], self.schedule.eps)
+    x_t = masking.mask_tokens(mask_key, x0, self.schedule.alpha(t), self.mask_id)
+    mean, log_var = model.recognition(x0, self.posterior_mask(x_t))
+    z = gaussian_latent.reparameterize(z_key, jnp.broadcast_to(mean, (num_z,) + mean.shape),
+                                       jnp.broadcast_to(log_var, (num_z,) + log_var.shape))
+
+    def repeat(a):  # num_z copies along the batch axis, matching z.reshape(-1, d)
+      return jnp.tile(a, (num_z,) + (1,) * (a.ndim - 1))
+
+    logits = model(repeat(x_t), repeat(t), z.reshape(-1, self.latent_dim))
+    nll = masking.masked_token_nll(logits, repeat(x0), repeat(x_t), self.vocab_size, self.mask_id)
+    return t, x_t, nll.sum(-1).reshape(num_z, -1), (mean, log_var), z
+
+  def loss(self, model, x0, key, step):
+    kl_weight = gaussian_latent.kl_anneal_weight(step, self.kl_anneal_steps)
+    t, x_t, recon, (mean, log_var), _ = self._terms(model, x0, key)
+    kl_per_dim = gaussian_latent.kl_to_standard_normal(mean, log_var)
+    bound_recon, bound_kl = self.weighted_terms(t, recon[0], kl_per_dim.sum(-1))
+    if self.train_loss == "nelbo":
+      recon_term, kl_term = bound_recon, bound_kl
+    else:
+      recon_term, kl_term = recon[0], kl_per_dim.sum(-1)
+    num_tokens = x0.size
+    loss = (recon_term + kl_weight * kl_term).sum() / num_tokens
+    metrics = {
+        "nelbo_per_token": (bound_recon + bound_kl).sum() / num_tokens,
+        "kl_weight": kl_weight,
+        "kl_per_sequence": kl_per_dim.sum(-1).mean(),
+        # Posterior-collapse diagnostic: dims whose batch-mean KL carries information.
+        "active_latent_dims": jnp.sum(kl_per_dim.mean(0) > ACTIVE_DIM_NATS),
+        "mask_fraction": jnp.mean(x_t == self.mask_id),
+    }
+    return loss, metrics
+
+  def nelbo(self, model, x0, key):
+    """The lambda = 1 bound per sequence [B] with its "recon" and "kl" terms (nats)."""
+    t, _, recon, (mean, log_var), _ = self._terms(model, x0, key)
+    recon_term, kl_term = self.weighted_terms(
+        t, recon[0], gaussian_latent.kl_to_standard_normal(mean, log_var).sum(-1))
+    return {"nelbo": recon_term + kl_term, "recon": recon_term, "kl": kl_term}
+
+
+class VariationalAutoencodingDiffusion(LatentVariableDiffusion):
+  name = "vadd"
+
+  def weighted_terms(self, t, recon, kl):
+    """Both terms sit inside the w(t)-weighted NELBO: the KL is paid at every t."""
+    weight = self.schedule.nelbo_weight(t)
+    return weight * recon, weight * kl
+
+  def nelbo(self, model, x0, key):
+    """With vae.importance_samples = K > 1, "nelbo" is the importance-weighted per-t bound
+    w(t) * -log (1/K) sum_k p(x0 | x_t, z_k) p(z_k) / r(z_k); "recon" and "kl" stay the
+    terms of the plain (K = 1) bound, averaged over the K samples."""
+    if self.importance_samples == 1:
+      return super().nelbo(model, x0, key)
+    k = self.importance_samples
+    t, _, recon, (mean, log_var), z = self._terms(model, x0, key, num_z=k)
+    log_weights = (-recon + gaussian_latent.standard_normal_log_prob(z)
+                   - gaussian_latent.diagonal_gaussian_log_prob(z, mean, log_var))
+    log_likelihood = jax.nn.logsumexp(log_weights, axis=0) - math.log(k)
+    weight = self.schedule.nelbo_weight(t)
+    recon_term, kl_term = self.weighted_terms(
+        t, recon.mean(0), gaussian_latent.kl_to_standard_normal(mean, log_var).sum(-1))
+    return {"nelbo": -weight * log_likelihood, "recon": recon_term, "kl": kl_term}
+
+  def sample(self, model, key, num_samples, settings):
+    """The §1 ancestral sampler with a fresh z ~ N(0, I) at every step (and the final fill).
+
+    The output cache of `sampling.ancestral_sample` does not apply: the network input z
+    changes at every step even when no token does, so NFE = steps + 1 always.
+    """
+    grid = sampling.time_grid(settings.steps, self.schedule.eps)
+
+    def denoise(x_t, t, z_key):
+      z = jax.random.normal(z_key, (num_samples, self.latent_dim), jnp.float32)
+      logits = model(x_t, jnp.full((num_samples,), t), z)
+      return sampling.tempered(masking.subs_log_probs(logits, x_t, self.vocab_size, self.mask_id),
+                               settings.temperature)
+
+    def body(i, carry):
+      x, key = carry
+      key, z_key, step_key = jax.random.split(key, 3)
+      log_probs = denoise(x, grid[i], z_key)
+      alpha_t, alpha_s = self.schedule.alpha(grid[i]), self.schedule.alpha(grid[i + 1])
+      return sampling.unmask_step(step_key, x, log_probs, alpha_t, alpha_s, self.mask_id), key
+
+    x = jnp.full((num_samples, self.seq_len), self.mask_id, jnp.int32)
+    x, key = jax.lax.fori_loop(0, settings.steps, body, (x, key))
+    z_key, fill_key = jax.random.split(key)
+    x = sampling.fill_masks(fill_key, x, denoise(x, grid[-1], z_key), self.mask_id,
+                            settings.final_fill)
+    return x, {"nfe": jnp.int32(settings.steps + 1)}
