@@ -16,6 +16,8 @@ class SamplerSettings:
   temperature: float = 1.0
   final_fill: str = "sample"  # or "argmax"
   cache: bool = True  # reuse the last call when no token changed (time-free denoisers)
+  latent_steps: int = 0  # LADD sequential schedule: N_y latent steps (0 = same as steps)
+  latent_sampler: str = "ddim"  # LADD Gaussian latent step: ddim | ancestral
 
   def __post_init__(self):
     if self.steps < 1:
@@ -24,6 +26,14 @@ class SamplerSettings:
       raise ValueError(f"final_fill must be 'sample' or 'argmax', got {self.final_fill!r}")
     if not self.temperature > 0:
       raise ValueError(f"temperature must be > 0, got {self.temperature}")
+    if self.latent_steps < 0:
+      raise ValueError(f"latent_steps must be >= 0, got {self.latent_steps}")
+    if self.latent_sampler not in ("ddim", "ancestral"):
+      raise ValueError(f"latent_sampler must be 'ddim' or 'ancestral', got {self.latent_sampler!r}")
+
+  @property
+  def num_latent_steps(self):
+    return self.latent_steps or self.steps
 
 
 def time_grid(steps, eps):

@@ -5,9 +5,13 @@ A method object offers `init_model(rngs)`, `loss(model, x0, key, step)`, `nelbo(
 trainer and the entry points use nothing else, so new methods plug in by name here.
 """
 
+from ladd.methods.ladd import CoLadd, DiLadd
 from ladd.methods.mdlm import MaskedDiffusion
+from ladd.methods.vadd import VariationalAutoencodingDiffusion
+from ladd.methods.vmd import VariationalMaskedDiffusion
 
-METHODS = {"mdlm": MaskedDiffusion}
+METHODS = {"mdlm": MaskedDiffusion, "co_ladd": CoLadd, "di_ladd": DiLadd, "vadd": VariationalAutoencodingDiffusion,
+           "vmd": VariationalMaskedDiffusion}
 
 
 def build_method(config, vocab_size):

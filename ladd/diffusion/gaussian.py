@@ -1,0 +1,86 @@
+"""Variance-preserving Gaussian process for LADD's continuous latent (method.md §2.1).
+
+y_t = alpha_bar(t) y0 + sigma_bar(t) xi with alpha_bar^2 = (1 - 2 eps) g(t) + eps and
+sigma_bar^2 = 1 - alpha_bar^2; the clamp keeps the SNR finite at both ends.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+GAUSSIAN_SCHEDULES = ("sqrt", "linear", "cosine", "square")
+
+
+@dataclasses.dataclass(frozen=True)
+class GaussianSchedule:
+  kind: str = "sqrt"  # g(t) = sqrt(1 - t): the latent stays cleaner than the tokens
+  eps: float = 1e-4
+
+  def __post_init__(self):
+    if self.kind not in GAUSSIAN_SCHEDULES:
+      raise ValueError(f"unknown latent schedule {self.kind!r}; choose one of {GAUSSIAN_SCHEDULES}")
+
+  def _g(self, t):
+    if self.kind == "sqrt":
+      return jnp.sqrt(jnp.maximum(1.0 - t, 0.0))
+    if self.kind == "linear":
+      return 1.0 - t
+    if self.kind == "cosine":  # (choice) the usual cosine schedule alpha_bar = cos(pi t / 2)
+      return jnp.cos(jnp.pi / 2 * t) ** 2
+    return 1.0 - t**2
+
+  def alpha_sq(self, t):
+    return (1.0 - 2 * self.eps) * self._g(t) + self.eps
+
+  def alpha(self, t):
+    return jnp.sqrt(self.alpha_sq(t))
+
+  def sigma(self, t):
+    return jnp.sqrt(1.0 - self.alpha_sq(t))
+
+  def snr(self, t):
+    a2 = self.alpha_sq(t)
+    return a2 / (1.0 - a2)
+
+  def elbo_weight(self, t):
+    """(1 - eps)/eps * 1/2 (SNR(t - eps) - SNR(t)): the weight that makes E_t[w ||y0hat - y0||^2]
+    (t ~ U[eps, 1]) the diffusion term of the latent's discrete-time ELBO with 1/eps steps."""
+    return (1.0 - self.eps) / self.eps * 0.5 * (self.snr(t - self.eps) - self.snr(t))
+
+  def prior_kl(self, y0):
+    """KL(q(y_1 | y0) || N(0, I)) summed over all latent dims: [B]."""
+    a2, s2 = self.alpha_sq(1.0), 1.0 - self.alpha_sq(1.0)
+    sq = jnp.sum(jnp.square(y0).reshape(y0.shape[0], -1), -1)
+    dims = y0[0].size
+    return 0.5 * (a2 * sq + dims * (s2 - 1.0 - jnp.log(s2)))
+
+
+def time_shift(t, shift):
+  """t' = a t / (1 + (a - 1) t): a < 1 keeps the latent cleaner, a = 1 is the identity."""
+  return shift * t / (1.0 + (shift - 1.0) * t)
+
+
+def broadcast(v, like):
+  return jnp.reshape(v, jnp.shape(v) + (1,) * (like.ndim - jnp.ndim(v)))
+
+
+def noisy(schedule, y0, noise, t):
+  """y_t for per-example times t [B] (or a scalar)."""
+  return broadcast(schedule.alpha(t), y0) * y0 + broadcast(schedule.sigma(t), y0) * noise
+
+
+def ddim_step(schedule, y_t, y0_hat, t, s):
+  """y_s = a_s y0hat + s_s (y_t - a_t y0hat) / s_t: exact when y0hat is the true y0."""
+  eps_hat = (y_t - schedule.alpha(t) * y0_hat) / schedule.sigma(t)
+  return schedule.alpha(s) * y0_hat + schedule.sigma(s) * eps_hat
+
+
+def ancestral_step(schedule, key, y_t, y0_hat, t, s):
+  """Draw from the Gaussian posterior q(y_s | y_t, y0 = y0hat)."""
+  a_ts = schedule.alpha(t) / schedule.alpha(s)
+  var_t, var_s = 1.0 - schedule.alpha_sq(t), 1.0 - schedule.alpha_sq(s)
+  var_ts = var_t - a_ts**2 * var_s
+  mean = a_ts * var_s / var_t * y_t + schedule.alpha(s) * var_ts / var_t * y0_hat
+  std = jnp.sqrt(var_ts * var_s / var_t)
+  return mean + std * jax.random.normal(key, y_t.shape, jnp.float32)

@@ -1,0 +1,148 @@
+"""LADD methods (method.md §2): configs, losses and their regularisers on tiny models, and
+one train -> sample -> evaluate run through the entry-point functions per combination."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import ladd_binsaw, ladd_shakespeare
+from ladd import checkpoint
+from ladd.diffusion.sampling import SamplerSettings
+from ladd.evaluate import evaluate
+from ladd.generate import sample
+from ladd.job import load_job
+from ladd.methods import build_method
+from ladd.train import train
+
+VARIANTS = ("co_joint", "co_seq", "di_joint", "di_seq")
+
+
+def eager_model(method, seed=0):
+  with nnx.use_eager_sharding(False):
+    return method.init_model(nnx.Rngs(seed))
+
+
+def perturbed(model, scale=0.2):
+  """adaLN-zero makes a fresh network ignore its inputs; random weights everywhere do not."""
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(9), len(leaves))
+  noisy = [p + scale * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)]
+  return nnx.merge(graphdef, jax.tree.unflatten(treedef, noisy), rest)
+
+
+def binsaw_batch(batch=8, length=32, seed=0):
+  """Correlated bits (one random phase per row), so a latent has something to carry."""
+  rng = np.random.default_rng(seed)
+  phase = rng.integers(0, length, (batch, 1))
+  return jnp.asarray(((np.arange(length)[None] + phase) % 8 < 4).astype(np.int32))
+
+
+@pytest.mark.parametrize("module", [ladd_binsaw, ladd_shakespeare], ids=["binsaw", "shakespeare"])
+@pytest.mark.parametrize("variant", [v + s for v in VARIANTS for s in ("", "_tiny")])
+def test_every_variant_loads_and_builds(module, variant):
+  config = module.get_config(variant)
+  method = build_method(config, 2 if module is ladd_binsaw else 65)
+  expected = ("co_ladd" if variant.startswith("co") else "di_ladd",
+              "sequential" if "_seq" in variant else "joint")
+  assert (method.name, method.describe()["schedule"]) == expected
+  if variant.endswith("_tiny"):
+    with nnx.use_eager_sharding(False):
+      shapes = nnx.eval_shape(lambda: method.init_model(nnx.Rngs(0)))
+    assert (shapes.latent_denoiser is not None) == (expected == ("co_ladd", "sequential"))
+    assert (shapes.quantizer is not None) == (expected[0] == "di_ladd")
+
+
+def test_unknown_variant_and_bad_latent_settings_are_rejected():
+  with pytest.raises(ValueError, match="unknown variant"):
+    ladd_binsaw.get_config("co_sideways")
+  config = ladd_binsaw.get_config("co_joint_tiny")
+  config.latent.schedule = "parallel"
+  with pytest.raises(ValueError, match="latent.schedule"):
+    build_method(config, 2)
+
+
+@pytest.fixture(scope="module")
+def co_method():
+  config = ladd_binsaw.get_config("co_joint_tiny")
+  config.latent.update(dropout=0.5, corruption_max=0.9)
+  return build_method(config, 2)
+
+
+def test_latent_dropout_only_drops_latent_losses_of_training_examples(co_method):
+  model = eager_model(co_method)
+  x0 = binsaw_batch(batch=64)
+  terms = jax.jit(lambda training: co_method._terms(model, x0, jax.random.key(0), training), static_argnums=0)
+  train_terms = terms(True)
+  dropped = np.asarray(train_terms["loss_y"]) == 0
+  assert 0.3 < dropped.mean() < 0.7  # p_tau = 0.5 of the examples
+  kept_token_loss = np.asarray(train_terms["loss_x"])[dropped] > 0  # zero only if nothing was masked
+  assert kept_token_loss.mean() > 0.8
+  eval_terms = terms(False)
+  assert not np.any(np.asarray(eval_terms["loss_y"]) == 0)  # no dropout in the reported bound
+
+
+def test_encoder_corruption_hits_only_masked_positions(co_method):
+  x_t = jnp.where(jax.random.uniform(jax.random.key(1), (256, 32)) < 0.5, 2, 0)  # MASK = 2
+  corrupt = np.asarray(co_method._corruption(jax.random.key(2), x_t))
+  assert not corrupt[np.asarray(x_t) != 2].any()
+  assert 0.3 < corrupt.sum() / (np.asarray(x_t) == 2).sum() < 0.6  # E[p_r] = 0.45
+
+
+def test_corrupted_positions_do_not_reach_the_encoder(co_method):
+  encoder = jax.jit(perturbed(eager_model(co_method)).encoder)
+  x0 = binsaw_batch()
+  corrupt = jnp.zeros_like(x0, bool).at[:, :5].set(True)
+  z = encoder(x0, corrupt)
+  assert np.allclose(z, encoder(x0.at[:, :5].set(1 - x0[:, :5]), corrupt), atol=1e-5)
+  assert not np.allclose(z, encoder(x0.at[:, 5:9].set(1 - x0[:, 5:9]), corrupt), atol=1e-3)
+
+
+def test_straight_through_gives_the_encoder_a_gradient_and_ema_updates_the_codebook():
+  method = build_method(ladd_binsaw.get_config("di_joint_tiny"), 2)
+  model = eager_model(method)
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  params, rest = nnx.to_pure_dict(params), nnx.to_pure_dict(rest)  # as the trainer carries them
+  x0 = binsaw_batch()
+
+  def loss(params):
+    m = nnx.merge(graphdef, params, rest)
+    value, _ = method.loss(m, x0, jax.random.key(3), 0)
+    return value, nnx.to_pure_dict(nnx.state(m, nnx.Not(nnx.Param)))
+
+  grads, new_rest = jax.jit(jax.grad(loss, has_aux=True))(params)  # jitted, as in the trainer
+  encoder_grads = jax.tree.leaves(grads["encoder"])
+  assert sum(float(jnp.abs(g).sum()) for g in encoder_grads) > 0
+  assert not np.allclose(new_rest["quantizer"]["sums"], rest["quantizer"]["sums"])
+  # the reported bound leaves the codebook alone
+  m = nnx.merge(graphdef, params, rest)
+  before = np.asarray(m.quantizer.sums[...])
+  method.nelbo(m, x0, jax.random.key(4))
+  np.testing.assert_array_equal(m.quantizer.sums[...], before)
+
+
+@pytest.fixture(scope="module", params=VARIANTS)
+def trained(request, tmp_path_factory):
+  config = ladd_binsaw.get_config(request.param + "_tiny")
+  config.train.update(steps=2, checkpoint_every=2, eval_every=2)
+  workdir = str(tmp_path_factory.mktemp(request.param))
+  train(config, workdir)
+  job, mgr, step = load_job(workdir)
+  params, model_state = checkpoint.restore_params(mgr, step, job.trainer, "ema")
+  return job, params, model_state
+
+
+def test_end_to_end_train_sample_evaluate(trained):
+  job, params, model_state = trained
+  result = evaluate(job, params, model_state, num_batches=1, t_samples=1, seed=0)
+  assert np.isfinite(result["nelbo_per_sequence"])
+  assert result["nelbo_per_sequence"] == pytest.approx(result["elbo_x_per_sequence"] + result["elbo_y_per_sequence"], rel=1e-4)
+  assert result["elbo_x_per_sequence"] > 0
+  assert "bound" in job.method.describe()
+  tokens, nfe = sample(job, params, model_state, SamplerSettings(steps=2, latent_steps=2, cache=False), 4, 4, seed=0)
+  assert tokens.shape == (4, job.config.data.seq_len) and set(np.unique(tokens)) <= {0, 1}
+  assert nfe == {("co_ladd", "joint"): 3, ("co_ladd", "sequential"): 5,
+                 ("di_ladd", "joint"): 3, ("di_ladd", "sequential"): 6}[job.method.name, job.method.describe()["schedule"]]
+  assert np.isfinite(job.dataset.exact.log_prob(tokens)).all()
