@@ -6,17 +6,18 @@ schedule), each also as `<variant>_tiny` (seconds; tests). S' = 1 slot of d = 32
 
 from configs import binsaw
 
-VARIANTS = {"co_joint": ("co_ladd", "joint"), "co_seq": ("co_ladd", "sequential"),
-            "di_joint": ("di_ladd", "joint"), "di_seq": ("di_ladd", "sequential")}
+METHOD_AND_SCHEDULE = {"co_joint": ("co_ladd", "joint"), "co_seq": ("co_ladd", "sequential"),
+                       "di_joint": ("di_ladd", "joint"), "di_seq": ("di_ladd", "sequential")}
+VARIANTS = tuple(name + size for name in METHOD_AND_SCHEDULE for size in ("", "_tiny"))
 
 
 def apply_ladd(c, variant, source):
   """Sets method and schedule for `variant` (optionally `_tiny`) on a base config."""
   base = variant.removesuffix("_tiny")
-  if base not in VARIANTS:
-    choices = ", ".join(f"{v}[_tiny]" for v in VARIANTS)
+  if base not in METHOD_AND_SCHEDULE:
+    choices = ", ".join(f"{v}[_tiny]" for v in METHOD_AND_SCHEDULE)
     raise ValueError(f"unknown variant {variant!r} of configs/ladd_{source}.py; choose {choices}")
-  c.method, schedule = VARIANTS[base]
+  c.method, schedule = METHOD_AND_SCHEDULE[base]
   c.latent.update(schedule=schedule, slots=1, dim=32, l2_norm=True, dropout=0.1)
   if c.method == "di_ladd":
     # Independent times let the joint network also see clean codes with noisy tokens.

@@ -3,6 +3,8 @@
 
 from configs import ladd_binsaw, shakespeare
 
+VARIANTS = ladd_binsaw.VARIANTS
+
 
 def get_config(variant="co_joint"):
   tiny = variant.endswith("_tiny")

@@ -14,6 +14,8 @@ TASK_DATA = {
     "copy": dict(seq_len=2), "parity": dict(seq_len=4), "mixture": dict(seq_len=4, toy_vocab=4),
 }
 
+VARIANTS = tuple(f"{method},{task}" for method in ("mdlm", "vadd", "vmd", "co_ladd", "di_ladd") for task in TASK_DATA)
+
 
 def get_config(variant="mdlm,checkerboard"):
   parts = variant.split(",")

@@ -16,11 +16,10 @@ import time
 from absl import app, flags
 
 from configs import binsaw, ladd_binsaw
-from ladd import checkpoint
 from ladd.flags import WORKDIR
 from ladd.diffusion.sampling import SamplerSettings
 from ladd.evaluate import evaluate
-from ladd.job import load_job
+from ladd.job import load_trained
 from ladd.generate import sample
 from ladd.train import train
 
@@ -63,8 +62,7 @@ def run_one(name, make_config, latent_steps, root):
   start = time.time()
   train(config, workdir)
   train_s = time.time() - start
-  job, mgr, step = load_job(workdir)
-  params, model_state = checkpoint.restore_params(mgr, step, job.trainer, "ema")
+  job, step, params, model_state = load_trained(workdir)
   ev = evaluate(job, params, model_state, num_batches=16, t_samples=4, seed=0)
   row = {"name": name, "train_s": train_s, "nelbo": ev["nelbo_per_sequence"],
          "elbo_x": ev.get("elbo_x_per_sequence"), "elbo_y": ev.get("elbo_y_per_sequence"),
@@ -76,7 +74,6 @@ def run_one(name, make_config, latent_steps, root):
     true_nll = float((-job.dataset.exact.log_prob(tokens)).mean())
     row["steps"][n] = {"true_nll": true_nll, "nfe": nfe}
     print(f"{name}: N={n} NFE={nfe:g} true NLL {true_nll:.1f}", flush=True)
-  mgr.close()
   return row
 
 

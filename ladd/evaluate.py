@@ -20,7 +20,7 @@ from ladd import checkpoint, exact_metrics, flags
 from ladd.data.toys import JointDistribution
 from ladd.diffusion.sampling import SamplerSettings
 from ladd.errors import one_line_errors
-from ladd.job import load_job
+from ladd.job import load_trained
 from ladd.generate import sample
 from ladd.trainer import evaluate_nelbo
 
@@ -110,10 +110,9 @@ def main(argv):
   del argv
   with one_line_errors("ladd.evaluate"):
     flags.start_distributed()
-    workdir = os.path.abspath(flags.WORKDIR.value or "")
-    job, mgr, step = load_job(flags.WORKDIR.value and workdir, STEP.value)
+    job, step, params, model_state = load_trained(flags.WORKDIR.value, STEP.value, PARAMS.value)
+    workdir = os.path.abspath(flags.WORKDIR.value)
     cfg = job.config.eval
-    params, model_state = checkpoint.restore_params(mgr, step, job.trainer, PARAMS.value)
     result = evaluate(job, params, model_state, cfg.num_batches if NUM_BATCHES.value is None else NUM_BATCHES.value,
                       T_SAMPLES.value or cfg.t_samples, cfg.seed if SEED.value is None else SEED.value)
     if isinstance(job.dataset.exact, JointDistribution):

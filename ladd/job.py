@@ -74,15 +74,18 @@ def build_job(config, workdir):
   return Job(config, dataset, method, mesh, build_trainer(config, method, mesh))
 
 
-def load_job(workdir, step=None):
-  """Rebuilds the job a checkpoint was trained with, on all local devices (data parallel).
+def load_trained(workdir, step=None, which="ema"):
+  """Rebuilds the job a checkpoint was trained with, on all local devices (data parallel),
+  and restores its parameters (`which`: "ema" or "raw").
 
-  Returns (job, manager, step); errors name the work directory and what is missing.
+  Returns (job, step, params, model_state); errors name the work directory and what is
+  missing.
   """
   from ladd import checkpoint  # orbax import is slow; only entry points need it
 
   if not workdir:
     raise ValueError("--workdir is required")
+  workdir = os.path.abspath(workdir)
   if not os.path.isdir(checkpoint.checkpoint_dir(workdir)):
     raise FileNotFoundError(f"no checkpoints in {workdir}: train first with python -m ladd.train --workdir={workdir}")
   mgr = checkpoint.manager(workdir, read_only=True)
@@ -101,4 +104,7 @@ def load_job(workdir, step=None):
   if dataset.vocab_size != record.get("vocab_size"):
     raise checkpoint.CheckpointError(f"checkpoint vocab_size {record.get('vocab_size')} differs from the data's {dataset.vocab_size}")
   method = build_method(config, dataset.vocab_size)
-  return Job(config, dataset, method, mesh, build_trainer(config, method, mesh)), mgr, step
+  job = Job(config, dataset, method, mesh, build_trainer(config, method, mesh))
+  params, model_state = checkpoint.restore_params(mgr, step, job.trainer, which)
+  mgr.close()
+  return job, step, params, model_state

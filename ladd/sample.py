@@ -13,11 +13,11 @@ import jax
 from absl import app
 from absl import flags as absl_flags
 
-from ladd import checkpoint, flags
+from ladd import flags
 from ladd.diffusion.sampling import SamplerSettings
 from ladd.errors import one_line_errors
 from ladd.generate import sample
-from ladd.job import load_job
+from ladd.job import load_trained
 
 STEPS = absl_flags.DEFINE_integer("steps", None, "Sampling steps N (default: config sample.steps).")
 NUM_SAMPLES = absl_flags.DEFINE_integer("num_samples", None, "Number of samples (default: config sample.num_samples).")
@@ -42,8 +42,8 @@ def main(argv):
   del argv
   with one_line_errors("ladd.sample"):
     flags.start_distributed()
-    workdir = os.path.abspath(flags.WORKDIR.value or "")
-    job, mgr, step = load_job(flags.WORKDIR.value and workdir, STEP.value)
+    job, step, params, model_state = load_trained(flags.WORKDIR.value, STEP.value, PARAMS.value)
+    workdir = os.path.abspath(flags.WORKDIR.value)
     cfg = job.config.sample
     settings = SamplerSettings(
         steps=pick(STEPS.value, cfg.steps), temperature=pick(TEMPERATURE.value, cfg.temperature),
@@ -55,7 +55,6 @@ def main(argv):
       raise ValueError(f"--num_samples must be >= 1, got {num_samples}")
     batch_size = BATCH_SIZE.value or num_samples
     seed = pick(SEED.value, cfg.seed)
-    params, model_state = checkpoint.restore_params(mgr, step, job.trainer, PARAMS.value)
 
     start = time.time()
     tokens, nfe = sample(job, params, model_state, settings, num_samples, batch_size, seed)

@@ -1,9 +1,25 @@
 """Small shared builders for the tests."""
 
+import os
+import sys
+
 import jax
 import numpy as np
 
 from configs import binsaw
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
+
+
+def subprocess_env(devices):
+  """Environment for an entry point run as a child process with `devices` CPU devices."""
+  return dict(os.environ, PYTHONPATH=ROOT,
+              XLA_FLAGS=f"{TEST_XLA_FLAGS} --xla_force_host_platform_device_count={devices}")
+
+
+def entry_point(module, *args):
+  return [sys.executable, "-m", module, *args]
 
 
 def tiny_config(**mesh):

@@ -6,7 +6,6 @@ import importlib
 import json
 import os
 import subprocess
-import sys
 
 import jax
 import pytest
@@ -15,10 +14,10 @@ from ladd import sharding
 from ladd.job import validate
 from ladd.methods import build_method
 from ladd.trainer import build_trainer
+from tests.helpers import ROOT, entry_point, subprocess_env
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = [(os.path.basename(p)[:-3], v)
-           for p in sorted(glob.glob(os.path.join(ROOT, "configs", "*.py"))) if not p.endswith("__init__.py") and "ladd_" not in p and "toys" not in p and "vadd" not in p and "vmd" not in p
+           for p in sorted(glob.glob(os.path.join(ROOT, "configs", "*.py"))) if not p.endswith("__init__.py")
            for v in importlib.import_module(f"configs.{os.path.basename(p)[:-3]}").VARIANTS]  # every config lists its variants
 
 
@@ -33,8 +32,7 @@ def test_every_shipped_config_builds(name, variant):
 
 
 def run(module, *args, devices=1):
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", PYTHONPATH=ROOT)
-  return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
+  return subprocess.run(entry_point(module, *args), cwd=ROOT, env=subprocess_env(devices),
                         capture_output=True, text=True, timeout=600)
 
 

@@ -8,11 +8,10 @@ import pytest
 from flax import nnx
 
 from configs import ladd_binsaw, ladd_shakespeare
-from ladd import checkpoint
 from ladd.diffusion.sampling import SamplerSettings
 from ladd.evaluate import evaluate
 from ladd.generate import sample
-from ladd.job import load_job
+from ladd.job import load_trained
 from ladd.methods import build_method
 from ladd.train import train
 
@@ -20,8 +19,9 @@ VARIANTS = ("co_joint", "co_seq", "di_joint", "di_seq")
 
 
 def eager_model(method, seed=0):
+  """Initialised in one compiled call: op-by-op initialisation is slow on CPU."""
   with nnx.use_eager_sharding(False):
-    return method.init_model(nnx.Rngs(seed))
+    return nnx.jit(lambda: method.init_model(nnx.Rngs(seed)))()
 
 
 def perturbed(model, scale=0.2):
@@ -123,14 +123,16 @@ def test_straight_through_gives_the_encoder_a_gradient_and_ema_updates_the_codeb
   np.testing.assert_array_equal(m.quantizer.sums[...], before)
 
 
-@pytest.fixture(scope="module", params=VARIANTS)
+# One continuous and one discrete latent, one joint and one sequential schedule: together
+# they run every network and sampler path (tests/test_ladd_samplers.py checks all four
+# schedules' NFE and determinism with a scripted network).
+@pytest.fixture(scope="module", params=["co_seq", "di_joint"])
 def trained(request, tmp_path_factory):
   config = ladd_binsaw.get_config(request.param + "_tiny")
   config.train.update(steps=2, checkpoint_every=2, eval_every=2)
   workdir = str(tmp_path_factory.mktemp(request.param))
   train(config, workdir)
-  job, mgr, step = load_job(workdir)
-  params, model_state = checkpoint.restore_params(mgr, step, job.trainer, "ema")
+  job, step, params, model_state = load_trained(workdir)
   return job, params, model_state
 
 

@@ -2,6 +2,7 @@
 time-conditioning switch, rematerialisation and bf16 compute."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -41,16 +42,23 @@ def test_fresh_model_predicts_uniform_logits_and_pads_vocab():
   np.testing.assert_array_equal(logits, 0.0)
 
 
-def perturbed(cfg):
-  """A model whose zero-initialised parts are randomised, so outputs depend on inputs."""
-  graphdef, params = nnx.split(build(cfg))
+@functools.cache
+def perturbed_params():
+  """Parameters whose zero-initialised parts are randomised, so outputs depend on inputs.
+  Remat, dtype and time conditioning do not change parameter shapes: one set serves all."""
 
   @jax.jit
   def perturb(params):
     leaves, treedef = jax.tree.flatten(params)
     keys = jax.random.split(jax.random.key(1), len(leaves))
     return jax.tree.unflatten(treedef, [x + 0.05 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
-  return nnx.merge(graphdef, perturb(params))
+  return perturb(nnx.split(build())[1])
+
+
+def perturbed(cfg):
+  with nnx.use_eager_sharding(False):
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda: DiT(cfg, nnx.Rngs(0))))
+  return nnx.merge(graphdef, perturbed_params())
 
 
 def test_time_conditioning_switch():

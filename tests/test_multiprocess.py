@@ -4,20 +4,19 @@ sharded by process) logs the same losses as one process with 8 devices."""
 import json
 import os
 import subprocess
-import sys
 
 import portpicker
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.helpers import ROOT, entry_point, subprocess_env
+
 TRAIN_ARGS = ["--config=configs/binsaw.py:tiny", "--config.train.steps=3", "--config.train.log_every=1",
               "--config.train.eval_every=3", "--config.mesh.data=-1"]
 
 
 def launch(workdir, devices, extra=()):
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", PYTHONPATH=ROOT)
-  return subprocess.Popen([sys.executable, "-m", "ladd.train", f"--workdir={workdir}", *TRAIN_ARGS, *extra],
-                          cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  return subprocess.Popen(entry_point("ladd.train", f"--workdir={workdir}", *TRAIN_ARGS, *extra),
+                          cwd=ROOT, env=subprocess_env(devices), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def finish(process):
@@ -49,8 +48,7 @@ def test_two_processes_match_one(tmp_path):
   assert records_two[-1]["eval/nelbo_per_token"] == pytest.approx(records_one[-1]["eval/nelbo_per_token"], rel=1e-5)
   assert sorted(os.listdir(os.path.join(two, "checkpoints"))) == ["2", "3"]
   # The 2-process, 8-device checkpoint loads on one CPU device for evaluation.
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", PYTHONPATH=ROOT)
-  result = subprocess.run([sys.executable, "-m", "ladd.evaluate", f"--workdir={two}", "--num_batches=1"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  result = subprocess.run(entry_point("ladd.evaluate", f"--workdir={two}", "--num_batches=1"),
+                          cwd=ROOT, env=subprocess_env(1), capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   assert json.loads(result.stdout[result.stdout.index("{"):])["checkpoint_step"] == 3
