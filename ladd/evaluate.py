@@ -87,7 +87,10 @@ def exact_sample_metrics(job, params, model_state, sample_steps, seed, plot_path
 def plot_2d_densities(truth, rows, path):
   """One row per label in `rows` ({label: {steps: [B, B] probs}}): the true density, then
   the generated one at each step count."""
-  import matplotlib  # plotting only happens here; keep the import off the common path
+  try:
+    import matplotlib  # plotting only happens here; keep the import off the common path
+  except ImportError as e:
+    raise ValueError("plotting 2D densities needs matplotlib: pip install -e '.[plots]'") from e
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
