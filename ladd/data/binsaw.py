@@ -76,22 +76,3 @@ class BinsawDensity:
   def entropy(self, num_samples: int = 4096, seed: int = 0) -> float:
     return binsaw_entropy(self.length, self.saws, self.floor, num_samples, seed,
                           self.num_points)
-
-
-@dataclasses.dataclass(frozen=True)
-class BinsawSource:
-  """Random-access grain source: example i is drawn from its own seeded stream, so
-  any index is reproducible without generating the ones before it."""
-  length: int
-  saws: int
-  floor: float
-  seed: int
-  split_id: int  # 0 train, 1 eval: distinct random streams
-  num_examples: int
-
-  def __len__(self) -> int:
-    return self.num_examples
-
-  def __getitem__(self, index: int) -> np.ndarray:
-    rng = np.random.default_rng([self.seed, self.split_id, int(index)])
-    return sample_binsaw(rng, 1, self.length, self.saws, self.floor)[0]

@@ -1,5 +1,6 @@
 """build_dataset: one Dataset from the data config, whatever the source."""
 
+import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import grain
 from ladd.data import binsaw, toys
 from ladd.data.dataset import Dataset
 from ladd.data.errors import DataError
+from ladd.data.seeded import SeededSource
 from ladd.data.pretokenized import array_record_windows, npy_windows
 from ladd.data.shakespeare import load_shakespeare
 from ladd.data.streams import TokenWindows, held_out_count
@@ -25,9 +27,9 @@ def _binsaw(cfg, workdir: Path | None) -> Dataset:
                     f" 0.5, got {cfg.binsaw_saws} and {cfg.binsaw_floor}")
 
   def split(split_id: int, num_examples: int) -> grain.MapDataset:
-    return grain.MapDataset.source(binsaw.BinsawSource(
-        cfg.seq_len, cfg.binsaw_saws, cfg.binsaw_floor, cfg.shuffle_seed, split_id,
-        num_examples))
+    draw = functools.partial(binsaw.sample_binsaw, length=cfg.seq_len, saws=cfg.binsaw_saws,
+                             floor=cfg.binsaw_floor)
+    return grain.MapDataset.source(SeededSource(draw, cfg.shuffle_seed, split_id, num_examples))
 
   return Dataset(
       vocab_size=2, seq_len=cfg.seq_len,

@@ -26,6 +26,7 @@ from scipy.special import ndtr
 
 from ladd.data.dataset import Dataset
 from ladd.data.errors import DataError
+from ladd.data.seeded import SeededSource
 
 TRAIN_LENGTH = 2**24  # random access by index, so "infinite" costs nothing
 EVAL_LENGTH = 4096
@@ -181,20 +182,6 @@ def mixture_table(probs: np.ndarray) -> np.ndarray:
 
 # --- the source and the Dataset -----------------------------------------------------
 
-@dataclasses.dataclass(frozen=True)
-class ToySource:
-  """Random-access grain source: example i comes from its own seeded stream."""
-  draw: Callable[[np.random.Generator, int], np.ndarray]  # (rng, n) -> int32 [n, L]
-  seed: int
-  split_id: int  # 0 train, 1 eval: distinct random streams
-  num_examples: int
-
-  def __len__(self) -> int:
-    return self.num_examples
-
-  def __getitem__(self, index: int) -> np.ndarray:
-    return self.draw(np.random.default_rng([self.seed, self.split_id, int(index)]), 1)[0]
-
 
 def _needs(condition: bool, message: str) -> None:
   if not condition:
@@ -231,7 +218,7 @@ def toy_dataset(cfg, workdir) -> Dataset:
   vocab_size, draw, exact = toy_task(cfg)
 
   def split(split_id: int, num_examples: int) -> grain.MapDataset:
-    return grain.MapDataset.source(ToySource(draw, cfg.shuffle_seed, split_id, num_examples))
+    return grain.MapDataset.source(SeededSource(draw, cfg.shuffle_seed, split_id, num_examples))
 
   return Dataset(
       vocab_size=vocab_size, seq_len=cfg.seq_len,
