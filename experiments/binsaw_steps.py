@@ -24,7 +24,7 @@ from ladd.generate import sample
 from ladd.train import train
 
 RESULTS = flags.DEFINE_string("results_dir", "experiments/results", "Where the table and plot go.")
-TRAIN_STEPS = flags.DEFINE_integer("train_steps", 300, "Training steps per model.")
+TRAIN_STEPS = flags.DEFINE_integer("train_steps", 1200, "Training steps per model.")
 NUM_SAMPLES = flags.DEFINE_integer("samples_per_point", 64, "Samples per (model, N).")
 ONLY = flags.DEFINE_list("only_runs", [], "Train/evaluate only these runs (names as in RUNS).")
 STEPS = flags.DEFINE_list("sampling_steps", ["1", "2", "4", "8", "16", "32", "128"], "Token steps N.")

@@ -28,11 +28,20 @@ def learning_rate_schedule(optim_cfg, total_steps):
   return optax.join_schedules([warmup, after], [max(optim_cfg.warmup_steps, 1)])
 
 
-def make_optimizer(optim_cfg, total_steps):
+def scale_submodules(lr_scales):
+  """Multiplies the updates of the named top-level submodules (a per-module learning rate)."""
+  def scale(updates, params=None):
+    del params
+    return {name: jax.tree.map(lambda u, f=lr_scales.get(name, 1.0): u * f, sub) for name, sub in updates.items()}
+  return optax.stateless(scale)
+
+
+def make_optimizer(optim_cfg, total_steps, lr_scales=None):
   schedule = learning_rate_schedule(optim_cfg, total_steps)
   tx = optax.chain(
       optax.clip_by_global_norm(optim_cfg.grad_clip),
-      optax.adamw(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2, weight_decay=optim_cfg.weight_decay))
+      optax.adamw(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2, weight_decay=optim_cfg.weight_decay),
+      *([scale_submodules(lr_scales)] if lr_scales else []))
   return tx, schedule
 
 
@@ -61,7 +70,7 @@ def build_trainer(config, method, mesh):
   graphdef, abstract_params, abstract_rest = split_model(abstract_model)
   param_shardings = sharding.state_shardings(abstract_params, mesh)
   model_state_shardings = sharding.state_shardings(abstract_rest, mesh)
-  tx, lr_schedule = make_optimizer(config.optim, config.train.steps)
+  tx, lr_schedule = make_optimizer(config.optim, config.train.steps, method.lr_scales)
   seed = config.seed
   ema_decay = config.optim.ema_decay
 

@@ -1,6 +1,8 @@
 """LADD methods (method.md §2): configs, losses and their regularisers on tiny models, and
 one train -> sample -> evaluate run through the entry-point functions per combination."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,6 +16,7 @@ from ladd.generate import sample
 from ladd.job import load_trained
 from ladd.methods import build_method
 from ladd.train import train
+from ladd.trainer import make_optimizer
 
 VARIANTS = ("co_joint", "co_seq", "di_joint", "di_seq")
 
@@ -74,7 +77,9 @@ def co_method():
 def test_latent_dropout_only_drops_latent_losses_of_training_examples(co_method):
   model = eager_model(co_method)
   x0 = binsaw_batch(batch=64)
-  terms = jax.jit(lambda training: co_method._terms(model, x0, jax.random.key(0), training), static_argnums=0)
+  # nnx.jit: training updates the encoder's standardisation statistics in place
+  terms = nnx.jit(lambda m, training: co_method._terms(m, x0, jax.random.key(0), training), static_argnums=1)
+  terms = functools.partial(terms, model)
   train_terms = terms(True)
   dropped = np.asarray(train_terms["loss_y"]) == 0
   assert 0.3 < dropped.mean() < 0.7  # p_tau = 0.5 of the examples
@@ -98,6 +103,30 @@ def test_corrupted_positions_do_not_reach_the_encoder(co_method):
   z = encoder(x0, corrupt)
   assert np.allclose(z, encoder(x0.at[:, :5].set(1 - x0[:, :5]), corrupt), atol=1e-5)
   assert not np.allclose(z, encoder(x0.at[:, 5:9].set(1 - x0[:, 5:9]), corrupt), atol=1e-3)
+
+
+def test_encoder_standardises_in_training_and_is_per_sequence_at_evaluation(co_method):
+  model = perturbed(eager_model(co_method))
+  x0 = binsaw_batch(batch=64)
+  z = np.asarray(nnx.jit(lambda m: m.encoder(x0, update_statistics=True))(model))
+  np.testing.assert_allclose(z.mean((0, 1)), 0.0, atol=1e-4)
+  np.testing.assert_allclose(z.var((0, 1)), 1.0, rtol=1e-2)  # var / (var + 1e-5)
+  assert np.abs(model.encoder.standardize.mean[...]).sum() > 0  # running statistics absorbed the batch
+  encode = jax.jit(lambda x: model.encoder(x))
+  np.testing.assert_allclose(encode(x0)[:5], encode(x0[:5]), atol=1e-5)  # no batch coupling
+
+
+def test_encoder_learning_rate_scale_reaches_only_the_encoder():
+  config = ladd_binsaw.get_config("co_joint_tiny")
+  config.latent.encoder_lr_scale = 0.25
+  method = build_method(config, 2)
+  tx, _ = make_optimizer(config.optim, 10, method.lr_scales)
+  params = {"encoder": {"w": jnp.ones(3)}, "denoiser": {"w": jnp.ones(3)}}
+  grads = jax.tree.map(lambda p: 0.5 * p, params)
+  _, opt_state = tx.update(grads, tx.init(params), params)  # step 0 of the warm-up has lr 0
+  updates, _ = tx.update(grads, opt_state, params)
+  np.testing.assert_allclose(updates["encoder"]["w"], 0.25 * updates["denoiser"]["w"], rtol=1e-6)
+  assert np.all(np.asarray(updates["denoiser"]["w"]) != 0)
 
 
 def test_straight_through_gives_the_encoder_a_gradient_and_ema_updates_the_codebook():

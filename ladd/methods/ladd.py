@@ -54,6 +54,8 @@ class LatentDiffusion:
       _check(name, value, allowed)
     if not 0.0 <= lat.dropout < 1.0 or not 0.0 <= lat.corruption_max <= 1.0:
       raise ValueError("latent.dropout must be in [0, 1) and latent.corruption_max in [0, 1]")
+    if lat.encoder_lr_scale < 0:
+      raise ValueError(f"latent.encoder_lr_scale must be >= 0, got {lat.encoder_lr_scale}")
     if lat.time_shift <= 0:
       raise ValueError(f"latent.time_shift must be > 0, got {lat.time_shift}")
     if lat.freeze_encoder and config.optim.weight_decay > 0:
@@ -63,7 +65,7 @@ class LatentDiffusion:
     self.spec = LatentSpec(
         kind=self.kind, sequential=lat.schedule == "sequential", slots=lat.slots, dim=lat.dim,
         encoder_layers=lat.encoder_layers, encoder_d_model=lat.encoder_d_model,
-        encoder_heads=lat.encoder_heads, sigma0_mode=lat.sigma0_mode, sigma0=lat.sigma0,
+        encoder_heads=lat.encoder_heads, standardize=lat.standardize, sigma0_mode=lat.sigma0_mode, sigma0=lat.sigma0,
         denoiser_layers=lat.denoiser_layers, denoiser_d_model=lat.denoiser_d_model,
         denoiser_heads=lat.denoiser_heads, codebook_size=lat.codebook_size,
         condition_ty=lat.condition_ty)
@@ -74,6 +76,10 @@ class LatentDiffusion:
     self.mask_id = vocab_size
     self.seq_len = config.data.seq_len
     self.sequential = lat.schedule == "sequential"
+
+  @property
+  def lr_scales(self):
+    return {"encoder": self.lat.encoder_lr_scale}
 
   def init_model(self, rngs):
     return LaddModel(self.model_cfg, self.spec, rngs, self.lat.codebook_decay)
@@ -119,10 +125,15 @@ class LatentDiffusion:
     return (x_t == self.mask_id) & (jax.random.uniform(kd, x_t.shape) < p_r)
 
   def _encode(self, model, x0, x_t, key, training):
-    """The encoder output z [B, S', d]; input corruption only while training (the reported
-    bound needs y0 to be a function of x0 alone)."""
-    z = model.encoder(x0, self._corruption(key, x_t) if training else None)
-    return jax.lax.stop_gradient(z) if self.lat.freeze_encoder else z
+    """The encoder output z [B, S', d]; input corruption and batch statistics only while
+    training (the reported bound needs y0 to be a function of x0 alone). A frozen encoder
+    (stage 2) keeps its statistics too."""
+    if not training:
+      return model.encoder(x0)
+    corrupt = self._corruption(key, x_t)
+    if self.lat.freeze_encoder:
+      return jax.lax.stop_gradient(model.encoder(x0, corrupt))
+    return model.encoder(x0, corrupt, update_statistics=True)
 
   def _keep_latent(self, key, batch, training):
     """bool [B]: False for the p_tau examples trained without a latent."""

@@ -27,6 +27,7 @@ class LatentSpec:
   encoder_layers: int = 1
   encoder_d_model: int = 64
   encoder_heads: int = 2
+  standardize: bool = True
   sigma0_mode: str = "none"
   sigma0: float = 0.1
   denoiser_layers: int = 2
@@ -63,13 +64,16 @@ class Encoder(nnx.Module):
   position stays a token and S' is free); the slots' outputs give z [B, S', dim].
 
   Blocks are unconditioned: their adaLN modulation sees a zero vector, so only its bias
-  (a learned constant affine) acts.
+  (a learned constant affine) acts. Tokens also get a learned absolute position embedding:
+  with RoPE alone a fresh slot's near-uniform attention sees only how many tokens of each
+  kind there are, not where they are, and "where" is what a latent must carry (binsaw's phase).
   """
 
   def __init__(self, token_cfg, spec, rngs):
     cfg = resized(token_cfg, spec.encoder_d_model, spec.encoder_layers, spec.encoder_heads)
     self.cfg = cfg
     self.embed = embedding(cfg.padded_vocab, cfg.d_model, ("vocab", "embed"), cfg, rngs)
+    self.positions = embedding(cfg.seq_len, cfg.d_model, ("position", "embed"), cfg, rngs)
     self.queries = embedding(spec.slots, cfg.d_model, ("latent", "embed"), cfg, rngs)
     self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.n_layers)])
     for block in self.blocks:
@@ -78,12 +82,20 @@ class Encoder(nnx.Module):
       bias, d = block.modulation.proj.bias, cfg.d_model
       bias[...] = bias[...].at[2 * d:3 * d].set(1.0).at[5 * d:6 * d].set(1.0)
     self.out = dense(cfg.d_model, spec.dim, ("embed", "latent"), cfg, rngs)
+    # At init the slots average ~L token embeddings, so every sequence gets nearly the same z
+    # (cosine ~0.995 on binsaw) although z does carry x0's structure in its small spread.
+    # Amplified to unit variance per dimension that spread is usable from the first steps;
+    # without it the token network ignores the latent and the latent collapses (binsaw).
+    self.standardize = (nnx.BatchNorm(spec.dim, use_bias=False, use_scale=False, momentum=0.9, rngs=rngs)
+                        if spec.standardize else None)
     if spec.sigma0_mode == "learned":
       self.log_sigma0 = nnx.Param(jnp.log(jnp.full((), spec.sigma0, jnp.float32)))
 
-  def __call__(self, x0, corrupt=None):
-    """x0 int [B, L]; `corrupt` bool [B, L] zeroes those positions' input embeddings."""
-    h = self.embed(x0)
+  def __call__(self, x0, corrupt=None, update_statistics=False):
+    """x0 int [B, L]; `corrupt` bool [B, L] zeroes those positions' input embeddings.
+    With `update_statistics` the standardisation uses (and absorbs) this batch's statistics,
+    otherwise its running averages, so z is a function of x0 alone."""
+    h = self.embed(x0) + self.positions.embedding[None, :x0.shape[1]].astype(self.cfg.compute_dtype)
     if corrupt is not None:
       h = jnp.where(corrupt[..., None], 0.0, h).astype(h.dtype)
     batch, slots = x0.shape[0], self.queries.embedding.shape[0]
@@ -93,7 +105,10 @@ class Encoder(nnx.Module):
     cond = jnp.zeros((batch, self.cfg.cond_dim), h.dtype)
     for block in self.blocks:
       h = block(h, cond, positions)
-    return self.out(layer_norm(h[:, -slots:])).astype(jnp.float32)
+    z = self.out(layer_norm(h[:, -slots:])).astype(jnp.float32)
+    if self.standardize is not None:
+      z = self.standardize(z, use_running_average=not update_statistics)
+    return z
 
 
 class Stream(nnx.Module):
