@@ -61,9 +61,8 @@ def main(argv):
     seconds = time.time() - start
     exact = job.dataset.exact
     true_nll = -exact.log_prob(tokens) if exact is not None else None
-    latent_steps = getattr(job.method, "latent_steps", None)  # N_y, for latent-augmented methods
     base = dict(job.method.describe(), sampler="ancestral", steps=settings.steps, nfe=nfe,
-                N_x=settings.steps, N_y=latent_steps(settings) if latent_steps else None,
+                N_x=settings.steps, N_y=job.method.latent_steps(settings),
                 temperature=settings.temperature, final_fill=settings.final_fill, cache=settings.cache,
                 seed=seed, checkpoint_step=int(step), params=PARAMS.value)
     output = OUTPUT.value or os.path.join(workdir, "samples.jsonl")

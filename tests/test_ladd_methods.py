@@ -2,6 +2,9 @@
 one train -> sample -> evaluate run through the entry-point functions per combination."""
 
 import functools
+import json
+import os
+import subprocess
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +20,7 @@ from ladd.job import load_trained
 from ladd.methods import build_method
 from ladd.train import train
 from ladd.trainer import make_optimizer
+from tests.helpers import ROOT, entry_point, subprocess_env
 
 VARIANTS = ("co_joint", "co_seq", "di_joint", "di_seq")
 
@@ -162,11 +166,11 @@ def trained(request, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp(request.param))
   train(config, workdir)
   job, step, params, model_state = load_trained(workdir)
-  return job, params, model_state
+  return job, params, model_state, workdir
 
 
 def test_end_to_end_train_sample_evaluate(trained):
-  job, params, model_state = trained
+  job, params, model_state, _ = trained
   result = evaluate(job, params, model_state, num_batches=1, t_samples=1, seed=0)
   assert np.isfinite(result["nelbo_per_sequence"])
   assert result["nelbo_per_sequence"] == pytest.approx(result["elbo_x_per_sequence"] + result["elbo_y_per_sequence"], rel=1e-4)
@@ -177,3 +181,18 @@ def test_end_to_end_train_sample_evaluate(trained):
   assert nfe == {("co_ladd", "joint"): 3, ("co_ladd", "sequential"): 5,
                  ("di_ladd", "joint"): 3, ("di_ladd", "sequential"): 6}[job.method.name, job.method.describe()["schedule"]]
   assert np.isfinite(job.dataset.exact.log_prob(tokens)).all()
+
+
+def test_sample_entry_point_records_both_step_counts(trained):
+  job, _, _, workdir = trained
+  result = subprocess.run(entry_point("ladd.sample", f"--workdir={workdir}", "--steps=2", "--latent_steps=3",
+                                      "--num_samples=2", "--seed=4", "--quiet"),
+                          cwd=ROOT, env=subprocess_env(1), capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  with open(os.path.join(workdir, "samples.jsonl")) as f:
+    record = json.loads(f.readline())
+  sequential = job.method.describe()["schedule"] == "sequential"
+  assert (record["method"], record["N_x"], record["N_y"]) == (job.method.name, 2, 3 if sequential else 2)
+  assert record["nfe"] == {("co_ladd", True): 6, ("di_ladd", False): 3}[job.method.name, sequential]
+  assert (record["seed"], record["temperature"], record["dtype"]) == (4, 1.0, job.config.model.dtype)
+  assert record["schedule"] == job.config.latent.schedule and record["bound"] == job.method.bound_kind

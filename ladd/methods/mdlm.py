@@ -28,6 +28,11 @@ class MaskedDiffusion:
   def init_model(self, rngs):
     return DiT(self.model_cfg, rngs)
 
+  def latent_steps(self, settings):
+    """N_y, the latent channel's own steps: none without a diffused latent."""
+    del settings
+    return None
+
   @property
   def flops_per_token(self):
     return train_flops_per_token(self.model_cfg, self.seq_len)
