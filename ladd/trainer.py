@@ -30,9 +30,12 @@ def learning_rate_schedule(optim_cfg, total_steps):
 
 def scale_submodules(lr_scales):
   """Multiplies the updates of the named top-level submodules (a per-module learning rate)."""
+  def scaled(tree, factor):
+    return jax.tree.map(lambda u: u * factor, tree)
+
   def scale(updates, params=None):
     del params
-    return {name: jax.tree.map(lambda u, f=lr_scales.get(name, 1.0): u * f, sub) for name, sub in updates.items()}
+    return {name: scaled(sub, lr_scales.get(name, 1.0)) for name, sub in updates.items()}
   return optax.stateless(scale)
 
 

@@ -12,7 +12,6 @@ TRAIN_LOSSES = ("nelbo", "masked_ce")
 
 class MaskedDiffusion:
   name = "mdlm"
-  lr_scales = {}  # per-submodule learning-rate multipliers (none: one learning rate)
 
   def __init__(self, config, vocab_size):
     self.model_cfg = DiTConfig(vocab_size=vocab_size, seq_len=config.data.seq_len, **config.model)
@@ -28,10 +27,14 @@ class MaskedDiffusion:
   def init_model(self, rngs):
     return DiT(self.model_cfg, rngs)
 
+  @property
+  def lr_scales(self):
+    """Per-submodule learning-rate multipliers: none, one learning rate for everything."""
+    return {}
+
   def latent_steps(self, settings):
-    """N_y, the latent channel's own steps: none without a diffused latent."""
+    """N_y, the latent channel's own steps: None, as there is no diffused latent."""
     del settings
-    return None
 
   @property
   def flops_per_token(self):
