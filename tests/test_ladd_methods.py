@@ -120,6 +120,16 @@ def test_encoder_standardises_in_training_and_is_per_sequence_at_evaluation(co_m
   np.testing.assert_allclose(encode(x0)[:5], encode(x0[:5]), atol=1e-5)  # no batch coupling
 
 
+def test_latent_information_is_zero_for_a_latent_the_network_ignores(co_method):
+  x0 = binsaw_batch(batch=16)
+  information = lambda m: np.asarray(jax.jit(lambda: co_method.nelbo(m, x0, jax.random.key(0)))()["latent_information"])
+  np.testing.assert_array_equal(information(eager_model(co_method)), 0.0)  # adaLN-zero: logits ignore y
+  model = perturbed(eager_model(co_method))
+  assert np.abs(information(model)).max() > 1e-3
+  empty = co_method._empty_latent_input(model, 16)
+  np.testing.assert_allclose(jax.jit(lambda: co_method._latent_information(model, x0, empty))(), 0.0, atol=1e-4)
+
+
 def test_encoder_learning_rate_scale_reaches_only_the_encoder():
   config = ladd_binsaw.get_config("co_joint_tiny")
   config.latent.encoder_lr_scale = 0.25
@@ -175,6 +185,7 @@ def test_end_to_end_train_sample_evaluate(trained):
   assert np.isfinite(result["nelbo_per_sequence"])
   assert result["nelbo_per_sequence"] == pytest.approx(result["elbo_x_per_sequence"] + result["elbo_y_per_sequence"], rel=1e-4)
   assert result["elbo_x_per_sequence"] > 0
+  assert np.isfinite(result["latent_information_per_sequence"])
   assert "bound" in job.method.describe()
   tokens, nfe = sample(job, params, model_state, SamplerSettings(steps=2, latent_steps=2, cache=False), 4, 4, seed=0)
   assert tokens.shape == (4, job.config.data.seq_len) and set(np.unique(tokens)) <= {0, 1}

@@ -176,7 +176,23 @@ class LatentDiffusion:
 
   def nelbo(self, model, x0, key):
     terms = self._terms(model, x0, key, training=False)
-    return {"nelbo": terms["elbo_x"] + terms["elbo_y"], "elbo_x": terms["elbo_x"], "elbo_y": terms["elbo_y"]}
+    return {"nelbo": terms["elbo_x"] + terms["elbo_y"], "elbo_x": terms["elbo_x"], "elbo_y": terms["elbo_y"],
+            "latent_information": self._latent_information(model, x0, terms["latent_input"])}
+
+  def _latent_information(self, model, x0, clean):
+    """How much the clean latent tells the token network with every token masked: the NLL
+    of x0 at t_x = 1 with an empty latent (zero / all codes masked, as in latent dropout)
+    minus that with the clean latent, nats per sequence. About 0 when the latent has
+    collapsed; on binsaw a latent that carries the phase gives ~20 (88.7 - 68)."""
+    all_masked = jnp.full_like(x0, self.mask_id)
+    ones, zeros = jnp.ones((x0.shape[0],)), jnp.zeros((x0.shape[0],))
+
+    def nll(latent, latent_masked):
+      logits, _ = model.denoiser(all_masked, latent, ones, zeros, latent_masked)
+      log_probs = masking.subs_log_probs(logits, all_masked, self.vocab_size, self.mask_id)
+      return -jnp.take_along_axis(log_probs, x0[..., None], -1).sum((1, 2))
+
+    return nll(*self._empty_latent_input(model, x0.shape[0])) - nll(*clean)
 
   def loss(self, model, x0, key, step):
     del step  # the objective does not change during training; stages are separate runs
@@ -253,8 +269,12 @@ class CoLadd(LatentDiffusion):
     loss_y = jnp.where(keep, weight * target_err, 0.0)
     kl = 0.5 * self.lat.kl_weight * jnp.sum(jnp.square(y0))
     return {"elbo_x": elbo_x, "elbo_y": self._latent_bound(model, y0, sq_err, t_y, dt_y),
-            "loss_x": loss_x, "loss_y": loss_y, "extra": kl,
+            "loss_x": loss_x, "loss_y": loss_y, "extra": kl, "latent_input": (y0, None),
             "metrics": {"latent_mse": sq_err.mean() / y0[0].size, "latent_norm": jnp.sqrt(jnp.mean(jnp.square(y0)))}}
+
+  def _empty_latent_input(self, model, batch):
+    del model
+    return jnp.zeros((batch, self.spec.slots, self.spec.dim)), None
 
   def _latent_step(self, key, y, y0_hat, t, s, settings):
     if settings.latent_sampler == "ancestral":
@@ -333,6 +353,9 @@ class DiLadd(LatentDiffusion):
     """Codebook vectors of unmasked codes (masked slots are replaced inside the denoiser)."""
     return model.quantizer.codebook[jnp.minimum(codes, self.code_mask - 1)], codes == self.code_mask
 
+  def _empty_latent_input(self, model, batch):
+    return self._code_vectors(model, jnp.full((batch, self.spec.slots), self.code_mask, jnp.int32))
+
   def _code_terms(self, logits_y, ids, codes_t, t_y):
     nll = masking.masked_token_nll(logits_y, ids, codes_t, self.code_mask, self.code_mask)
     return masking.nelbo_per_sequence(nll, t_y, self.code_schedule), nll.sum(-1)
@@ -361,6 +384,7 @@ class DiLadd(LatentDiffusion):
     loss_y = jnp.where(keep, elbo_y if self.train_loss == "nelbo" else nll_y, 0.0)
     commit = vq.commitment_loss(z_e, z_q, self.lat.commitment) * x0.shape[0]
     return {"elbo_x": elbo_x, "elbo_y": elbo_y, "loss_x": loss_x, "loss_y": loss_y, "extra": commit,
+            "latent_input": self._code_vectors(model, ids),
             "metrics": dict(vq.usage_metrics(ids, self.code_mask), commitment=commit / batch)}
 
   def sample(self, model, key, num_samples, settings):

@@ -84,8 +84,9 @@ class Encoder(nnx.Module):
     self.out = dense(cfg.d_model, spec.dim, ("embed", "latent"), cfg, rngs)
     # At init the slots average ~L token embeddings, so every sequence gets nearly the same z
     # (cosine ~0.995 on binsaw) although z does carry x0's structure in its small spread.
-    # Amplified to unit variance per dimension that spread is usable from the first steps;
-    # without it the token network ignores the latent and the latent collapses (binsaw).
+    # Amplified to unit variance per dimension that spread is usable from the first steps
+    # (binsaw co_seq, README "latent check": 23.1 nats of latent information at step 600
+    # with it, 9.1 without).
     self.standardize = (nnx.BatchNorm(spec.dim, use_bias=False, use_scale=False, momentum=0.9, rngs=rngs)
                         if spec.standardize else None)
     if spec.sigma0_mode == "learned":
