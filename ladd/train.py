@@ -28,7 +28,9 @@ def held_out_metrics(job, params, model_state, num_batches):
   batches = data.eval_batches(jax.process_index(), jax.process_count(), local, num_batches)
   totals = evaluate_nelbo(job.trainer, params, model_state, batches, job.config.eval.seed)
   per_token = totals["nelbo"] / totals["tokens"]
-  out = {"eval/nelbo_per_token": per_token, "eval/ppl_bound": float(np.exp(per_token))}
+  out = {"eval/nelbo_per_token": per_token}
+  if job.method.nelbo_is_bound:
+    out["eval/ppl_bound"] = float(np.exp(per_token))
   for name in totals.keys() - {"nelbo", "sequences", "tokens"}:  # the method's own terms
     out[f"eval/{name}_per_sequence"] = totals[name] / totals["sequences"]
   if data.chars_per_token:

@@ -42,6 +42,7 @@ class LatentDiffusion:
   token phase. Subclasses set `kind` and implement `_terms` and the samplers."""
 
   kind = ""
+  nelbo_is_bound = True
 
   def __init__(self, config, vocab_size):
     lat, d = config.latent, config.diffusion
@@ -213,6 +214,10 @@ class CoLadd(LatentDiffusion):
   def __init__(self, config, vocab_size):
     super().__init__(config, vocab_size)
     self.latent_schedule = gaussian.GaussianSchedule(config.latent.gaussian_schedule, config.diffusion.eps)
+
+  @property
+  def nelbo_is_bound(self):
+    return self.lat.sigma0_mode != "none"
 
   @property
   def bound_kind(self):

@@ -12,6 +12,7 @@ TRAIN_LOSSES = ("nelbo", "masked_ce")
 
 class MaskedDiffusion:
   name = "mdlm"
+  nelbo_is_bound = True  # nelbo() bounds -log p(x0), so exp(NELBO/token) bounds perplexity
 
   def __init__(self, config, vocab_size):
     self.model_cfg = DiTConfig(vocab_size=vocab_size, seq_len=config.data.seq_len, **config.model)
