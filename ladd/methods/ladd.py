@@ -221,7 +221,7 @@ class CoLadd(LatentDiffusion):
 
   @property
   def bound_kind(self):
-    if self.lat.sigma0_mode == "none":
+    if not self.nelbo_is_bound:
       return "elbo-style only (deterministic continuous encoder: elbo_y is a density term)"
     return "variational bound (stochastic encoder; elbo_y includes -H(q(y0|x0)))"
 

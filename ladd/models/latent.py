@@ -82,8 +82,8 @@ class Encoder(nnx.Module):
       bias, d = block.modulation.proj.bias, cfg.d_model
       bias[...] = bias[...].at[2 * d:3 * d].set(1.0).at[5 * d:6 * d].set(1.0)
     self.out = dense(cfg.d_model, spec.dim, ("embed", "latent"), cfg, rngs)
-    # At init the slots average ~L token embeddings, so every sequence gets nearly the same z
-    # (cosine ~0.995 on binsaw) although z does carry x0's structure in its small spread.
+    # At init the slots average ~L token embeddings, so every sequence gets nearly the same z,
+    # although z does carry x0's structure in its small spread.
     # Amplified to unit variance per dimension that spread is usable from the first steps
     # (binsaw co_seq, README "latent check": 23.1 nats of latent information at step 600
     # with it, 9.1 without).
