@@ -27,6 +27,9 @@ def default_config():
       d_model=256, n_layers=4, n_heads=4, mlp_ratio=4, cond_dim=128,
       time_conditioning=False, dtype="float32", remat=False, attention_impl="xla",
       vocab_pad_multiple=128,
+      # learned: absolute positions added to every token stream's input (without them an
+      # all-MASK input gives every position the same output); none: MDLM's RoPE-only DiT.
+      position_embedding="learned",
   )
   c.diffusion = dict(
       schedule="linear",  # linear | cosine | polynomial
