@@ -32,6 +32,7 @@ from configs import toys as toy_configs  # noqa: E402
 from ladd import exact_metrics  # noqa: E402
 from ladd.data import toys  # noqa: E402
 from ladd.evaluate import exact_sample_metrics, plot_2d_densities  # noqa: E402
+from ladd.flags import WORKDIR  # noqa: E402  --workdir: keep the runs there (default: a temporary directory)
 from ladd.job import build_job  # noqa: E402
 from ladd.methods import METHODS  # noqa: E402
 from ladd.train import train  # noqa: E402
@@ -43,8 +44,6 @@ LATENT_DIAGNOSTICS = ("kl_per_sequence", "active_latent_dims", "kl_weight")
 
 OUT = flags.DEFINE_string("out", "experiments/results", "Directory for the table and plots.")
 TRAIN_STEPS = flags.DEFINE_integer("train_steps", None, "Training steps per run (default: configs/toys.py).")
-WORKDIR = flags.DEFINE_string("workdir", "", "Keep the trained runs here and resume them on a later"
-                              " invocation (default: a temporary directory).")
 SEED = 0
 
 
@@ -172,7 +171,7 @@ def main(argv):
   methods = [m for m in CANDIDATES if m in METHODS]
   os.makedirs(OUT.value, exist_ok=True)
   results, references, failures = {}, {}, []
-  with (contextlib.nullcontext(WORKDIR.value) if WORKDIR.value else tempfile.TemporaryDirectory()) as workroot:
+  with (contextlib.nullcontext(os.path.abspath(WORKDIR.value)) if WORKDIR.value else tempfile.TemporaryDirectory()) as workroot:
     for task in TASKS:
       references[task] = reference_rows(toy_configs.get_config(f"mdlm,{task}"))
       results[task] = {}
