@@ -3,7 +3,7 @@ divergence, dependency tasks by KL and total variation, at few sampling steps.
 
 Variant "METHOD,TASK[,tiny]", e.g. `--config=configs/toys.py:vadd,checkerboard`;
 METHOD is any registered method (mdlm, vadd, vmd, co_ladd, di_ladd), TASK one of
-checkerboard, swiss_roll, circles, copy, parity, mixture. Default: CPU-sized (about a
+checkerboard, swiss_roll, circles, copy, parity, mixture, product. Default: CPU-sized (about a
 minute); `tiny`: seconds (tests).
 """
 
@@ -12,6 +12,7 @@ from ladd.config import default_config
 TASK_DATA = {
     "checkerboard": dict(seq_len=2), "swiss_roll": dict(seq_len=2), "circles": dict(seq_len=2),
     "copy": dict(seq_len=2), "parity": dict(seq_len=4), "mixture": dict(seq_len=4, toy_vocab=4),
+    "product": dict(seq_len=4, toy_vocab=4),
 }
 
 VARIANTS = tuple(f"{method},{task}" for method in ("mdlm", "vadd", "vmd", "co_ladd", "di_ladd") for task in TASK_DATA)

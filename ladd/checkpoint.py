@@ -16,7 +16,7 @@ import orbax.checkpoint as ocp
 # Keys that fix parameter shapes or the meaning of token ids: a checkpoint whose
 # config differs in any of them cannot be restored under the current config.
 SHAPE_KEYS = ("method", "model.d_model", "model.n_layers", "model.n_heads", "model.mlp_ratio",
-              "model.cond_dim", "model.vocab_pad_multiple", "data.seq_len", "data.source",
+              "model.cond_dim", "model.vocab_pad_multiple", "model.position_embedding", "data.seq_len", "data.source",
               "data.tokenizer", "vocab_size")
 
 

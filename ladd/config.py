@@ -19,14 +19,18 @@ def default_config():
       binsaw_saws=2, binsaw_floor=0.01,
       eval_plays=("hamlet", "the-tempest", "twelfth-night"),
       # Toys with an exact joint (method.md §5; sources checkerboard | swiss_roll | circles |
-      # copy | parity | mixture): 2D points in toy_bins bins per coordinate; copy/mixture
-      # symbols; P(x2 = x1) extra mass; mixture components and the seed that draws them.
+      # copy | parity | mixture | product): 2D points in toy_bins bins per coordinate;
+      # copy/mixture/product symbols; P(x2 = x1) extra mass; mixture components and the seed
+      # that draws the per-position tables (product: one component).
       toy_bins=128, toy_vocab=8, copy_prob=0.9, mixture_components=4, mixture_seed=0,
   )
   c.model = dict(
       d_model=256, n_layers=4, n_heads=4, mlp_ratio=4, cond_dim=128,
       time_conditioning=False, dtype="float32", remat=False, attention_impl="xla",
       vocab_pad_multiple=128,
+      # learned: absolute positions added to every token stream's input (without them an
+      # all-MASK input gives every position the same output); none: MDLM's RoPE-only DiT.
+      position_embedding="learned",
   )
   c.diffusion = dict(
       schedule="linear",  # linear | cosine | polynomial

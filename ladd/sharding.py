@@ -23,7 +23,7 @@ LOGICAL_RULES = (
     ("cond", None),
     ("latent", None),  # LADD latent vector dims d (small: replicated)
     ("codes", None),  # Di-LADD code ids (codebook size K + MASK)
-    ("position", None),  # absolute positions (the LADD encoder's position embedding)
+    ("position", None),  # absolute position tables (short: replicated; their embed dim shards)
     ("freq", "fsdp"),
 )
 

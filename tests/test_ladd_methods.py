@@ -51,7 +51,8 @@ def binsaw_batch(batch=8, length=32, seed=0):
 @pytest.mark.parametrize("variant", [v + s for v in VARIANTS for s in ("", "_tiny")])
 def test_every_variant_loads_and_builds(module, variant):
   config = module.get_config(variant)
-  method = build_method(config, 2 if module is ladd_binsaw else 65)
+  vocab = 2 if module is ladd_binsaw else 65
+  method = build_method(config, vocab)
   expected = ("co_ladd" if variant.startswith("co") else "di_ladd",
               "sequential" if "_seq" in variant else "joint")
   assert (method.name, method.describe()["schedule"]) == expected
@@ -60,6 +61,11 @@ def test_every_variant_loads_and_builds(module, variant):
       shapes = nnx.eval_shape(lambda: method.init_model(nnx.Rngs(0)))
     assert (shapes.latent_denoiser is not None) == (expected == ("co_ladd", "sequential"))
     assert (shapes.quantizer is not None) == (expected[0] == "di_ladd")
+    # The token stream has absolute positions (model.position_embedding), off: none at all.
+    assert shapes.denoiser.positions.embedding.shape == (config.data.seq_len, config.model.d_model)
+    config.model.position_embedding = "none"
+    with nnx.use_eager_sharding(False):
+      assert nnx.eval_shape(lambda: build_method(config, vocab).init_model(nnx.Rngs(0))).denoiser.positions is None
 
 
 def test_unknown_variant_and_bad_latent_settings_are_rejected():

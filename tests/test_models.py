@@ -1,5 +1,5 @@
 """The DiT backbone: logical names on every parameter, zero-initialised head,
-time-conditioning switch, rematerialisation and bf16 compute."""
+time-conditioning and position-embedding switches, rematerialisation and bf16 compute."""
 
 import dataclasses
 import functools
@@ -71,6 +71,31 @@ def test_time_conditioning_switch():
   assert not np.allclose(apply(on, early), apply(on, late))
 
 
+def test_position_embedding_off_is_the_rope_only_dit_and_blind_to_position():
+  """With the switch off the tree is the learned one less `positions`, every other initial
+  value unchanged (the table is drawn last); an all-MASK input then gives every position the
+  same logits (RoPE reweights identical values), with the table on they differ."""
+  rope_only = dataclasses.replace(CFG, position_embedding="none")
+  learned, none = (nnx.to_pure_dict(nnx.state(build(cfg), nnx.Param)) for cfg in (CFG, rope_only))
+  table = learned.pop("positions")["embedding"]
+  assert table.shape == (CFG.seq_len, CFG.d_model)
+  shapes = lambda params: jax.tree.map(np.shape, params)
+  assert shapes(learned) == shapes(none)
+  jax.tree.map(np.testing.assert_array_equal, learned, none)
+
+  all_mask = jnp.full((2, 16), CFG.mask_id)
+  apply = nnx.jit(lambda model: model(all_mask, jnp.array([1.0, 1.0])))
+  params = nnx.to_pure_dict(perturbed_params())
+  with nnx.use_eager_sharding(False):
+    graphdef = nnx.graphdef(nnx.eval_shape(lambda: DiT(rope_only, nnx.Rngs(0))))
+  blind = apply(nnx.merge(graphdef, {k: v for k, v in params.items() if k != "positions"}))
+  assert float(jnp.abs(blind).max()) > 0.1  # the perturbed head gives non-trivial logits
+  # Equal up to float rounding: attention weights differ by position, values do not.
+  np.testing.assert_allclose(blind, jnp.broadcast_to(blind[:, :1], blind.shape), rtol=1e-5, atol=1e-6)
+  seeing = apply(perturbed(CFG))
+  assert float(jnp.abs(seeing - seeing[:, :1]).max()) > 1e-2
+
+
 def test_remat_and_bf16_keep_the_function():
   x = jax.random.randint(jax.random.key(2), (2, 16), 0, 12)
   t = jnp.array([0.3, 0.7])
@@ -93,7 +118,7 @@ def test_remat_and_bf16_keep_the_function():
 
 
 @pytest.mark.parametrize("bad", [dict(d_model=30, n_heads=4), dict(d_model=36, n_heads=4), dict(dtype="fp8"),
-                                 dict(attention_impl="flash")])
+                                 dict(attention_impl="flash"), dict(position_embedding="sinusoidal")])
 def test_bad_model_config_is_rejected(bad):
   with pytest.raises(ValueError, match="model\\."):
     dataclasses.replace(CFG, **bad)

@@ -1,5 +1,6 @@
 """Toy sources with an exact joint (method.md §5) and the exact metrics on them."""
 
+import functools
 import math
 
 import numpy as np
@@ -8,8 +9,9 @@ import pytest
 from configs import toys as toy_configs
 from ladd import exact_metrics
 from ladd.data import DataError, build_dataset, toys
+from tests.helpers import assert_one_step_marginals_match_the_product
 
-TASKS = ["checkerboard", "swiss_roll", "circles", "copy", "parity", "mixture"]
+TASKS = ["checkerboard", "swiss_roll", "circles", "copy", "parity", "mixture", "product"]
 
 
 def data_config(task, **overrides):
@@ -47,6 +49,14 @@ def test_dependency_tables_have_the_stated_structure():
   valid = bits[:, 3] == bits[:, :3].sum(1) % 2
   np.testing.assert_allclose(parity.probs[tuple(bits.T)], np.where(valid, 1 / 8, 0.0))
   assert parity.log_prob(np.array([[1, 1, 0, 1]]))[0] == -np.inf
+  _, _, product = toys.toy_task(data_config("product"))
+  marginals = [product.probs.sum(tuple(a for a in range(4) if a != i)) for i in range(4)]
+  np.testing.assert_allclose(product.probs, functools.reduce(np.multiply.outer, marginals), atol=1e-15)
+  assert min(np.abs(p - q).sum() for i, p in enumerate(marginals) for q in marginals[:i]) > 0.3  # no two alike
+
+
+def test_one_step_mdlm_samples_every_position_from_its_own_marginal():
+  assert_one_step_marginals_match_the_product("mdlm")
 
 
 def test_dataset_examples_are_reproducible_and_bad_settings_rejected():

@@ -19,6 +19,7 @@ from ladd.job import Job
 from ladd.methods import build_method
 from ladd.methods.vmd import argmax_log_probs
 from ladd.trainer import build_trainer
+from tests.helpers import assert_one_step_marginals_match_the_product
 
 
 def test_diagonal_gaussian_kl_matches_closed_form_and_monte_carlo():
@@ -164,6 +165,13 @@ def test_samplers_are_deterministic_under_a_seed(trained):
   assert not np.array_equal(first, draw(jax.random.key(2))[0])
   assert first.shape == (64, 2) and int(first.min()) >= 0 and int(first.max()) < 16
   assert int(info["nfe"]) == 5 if name == "vadd" else int(info["nfe"]) <= 5
+
+
+@pytest.mark.parametrize("method", ["vadd", "vmd"])
+def test_one_step_samples_give_every_position_its_own_marginal(method):
+  """The z of VADD / VMD is one vector for the whole sequence: position must come from the
+  token stream's position embedding (the arithmetic is in the helper)."""
+  assert_one_step_marginals_match_the_product(method)
 
 
 def test_argmax_decoding_puts_all_mass_on_the_best_symbol():

@@ -7,7 +7,10 @@ by midpoint quadrature over the curve parameter of a Gaussian-blurred curve (swi
 circles: the blur is separable, so each bin is a product of two normal-CDF differences).
 
 Dependency tasks (VMD style): copy (x2 = x1 with probability p, else uniform), parity
-(the last bit is the XOR of the others) and a mixture of C product distributions.
+(the last bit is the XOR of the others), a mixture of C product distributions, and
+product: independent positions, each with its own table (the mixture's C = 1). Mixture and
+product marginals differ from position to position, which a position-blind denoiser cannot
+reproduce from an all-MASK input; on product a one-step factorised sampler can be exact.
 
 Samples come from the generative process itself (continuous points quantised, copy coins,
 ...), not from the table, so comparing sample frequencies with `exact.probs` checks both.
@@ -34,7 +37,7 @@ EXTENT = 4.0  # 2D points live in [-EXTENT, EXTENT]^2; outside points fall in th
 QUADRATURE_POINTS = 8192
 MAX_STATES = 2**22  # the joint table is held in memory
 TOYS_2D = ("checkerboard", "swiss_roll", "circles")
-DEPENDENCY_TASKS = ("copy", "parity", "mixture")
+DEPENDENCY_TASKS = ("copy", "parity", "mixture", "product")
 TOYS = TOYS_2D + DEPENDENCY_TASKS
 
 SWISS_ROLL_NOISE = 1.0 / 5  # sklearn make_swiss_roll(noise=1.0) scaled by 1/5 (FFJORD)
@@ -205,10 +208,11 @@ def toy_task(cfg) -> tuple[int, Callable, JointDistribution]:
   if name == "parity":
     _needs(2 <= length and 2**length <= MAX_STATES, f"parity needs 2 <= data.seq_len <= 22, got {length}")
     return 2, functools.partial(draw_parity, length), JointDistribution(parity_table(length), ("kl", "tv"))
-  _needs(cfg.toy_vocab >= 2 and cfg.mixture_components >= 1 and cfg.toy_vocab**length <= MAX_STATES,
-         f"mixture needs data.toy_vocab >= 2, data.mixture_components >= 1 and toy_vocab**seq_len"
-         f" <= {MAX_STATES}, got {cfg.toy_vocab}, {cfg.mixture_components}, seq_len {length}")
-  probs = mixture_components(cfg.mixture_components, length, cfg.toy_vocab, cfg.mixture_seed)
+  components = 1 if name == "product" else cfg.mixture_components
+  _needs(cfg.toy_vocab >= 2 and components >= 1 and cfg.toy_vocab**length <= MAX_STATES,
+         f"{name} needs data.toy_vocab >= 2, data.mixture_components >= 1 and toy_vocab**seq_len"
+         f" <= {MAX_STATES}, got {cfg.toy_vocab}, {components}, seq_len {length}")
+  probs = mixture_components(components, length, cfg.toy_vocab, cfg.mixture_seed)
   return (cfg.toy_vocab, functools.partial(draw_mixture, probs),
           JointDistribution(mixture_table(probs), ("kl", "tv")))
 

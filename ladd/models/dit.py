@@ -1,6 +1,10 @@
-"""Bidirectional DiT backbone: adaLN-zero conditioning, RoPE, zero-initialised head.
+"""Bidirectional DiT backbone: adaLN-zero conditioning, RoPE, zero-initialised head, and
+(`position_embedding="learned"`, the default) a learned absolute position embedding added
+to the token embedding. RoPE alone cannot tell positions apart when every input is MASK:
+all values are equal, so every output is too, and a one-step sample has one marginal at
+every position. `position_embedding="none"` is MDLM's RoPE-only DiT, parameter for parameter.
 
-Every parameter carries logical axis names (`embed`, `mlp`, `heads`, `vocab`, `cond`);
+Every parameter carries logical axis names (`embed`, `mlp`, `heads`, `vocab`, `cond`, `position`);
 ladd.sharding maps them onto the mesh. The pieces (`Attention`, `Mlp`, `Modulation`,
 `apply_rope`, `TimeEmbedding`) are separate so that latent methods can build a second
 stream or extra conditioning from them; `DiT.forward_hidden` exposes the trunk.
@@ -16,6 +20,7 @@ from flax import nnx
 from ladd.sharding import constrain_batch
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+POSITION_EMBEDDINGS = ("learned", "none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,6 +37,7 @@ class DiTConfig:
   remat: bool = False
   attention_impl: str = "xla"  # "xla" or "cudnn" (jax.nn.dot_product_attention)
   vocab_pad_multiple: int = 128  # embedding rows rounded up so the vocab axis shards
+  position_embedding: str = "learned"  # "learned" (absolute, added to the input) | "none" (RoPE only)
 
   def __post_init__(self):
     if self.d_model % self.n_heads:
@@ -42,6 +48,8 @@ class DiTConfig:
       raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
     if self.attention_impl not in ("xla", "cudnn"):
       raise ValueError(f"model.attention_impl must be 'xla' or 'cudnn', got {self.attention_impl!r}")
+    if self.position_embedding not in POSITION_EMBEDDINGS:
+      raise ValueError(f"model.position_embedding must be one of {POSITION_EMBEDDINGS}, got {self.position_embedding!r}")
 
   @property
   def mask_id(self):
@@ -64,6 +72,26 @@ def dense(d_in, d_out, axes, cfg, rngs, zero=False, use_bias=True):
       kernel_init=nnx.with_partitioning(init, axes),
       bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), axes[1:]),
       rngs=rngs)
+
+
+def embedding(num, features, axes, cfg, rngs):
+  return nnx.Embed(num, features, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
+                   embedding_init=nnx.with_partitioning(nnx.initializers.normal(0.02), axes),
+                   rngs=rngs)
+
+
+def position_embedding(cfg, rngs):
+  """The learned absolute position table [seq_len, d_model], or None (RoPE only)."""
+  if cfg.position_embedding == "none":
+    return None
+  return embedding(cfg.seq_len, cfg.d_model, ("position", "embed"), cfg, rngs)
+
+
+def add_positions(h, table):
+  """h [B, T, d] plus the first T rows of a position table (None: h unchanged)."""
+  if table is None:
+    return h
+  return h + table.embedding[None, :h.shape[1]].astype(h.dtype)
 
 
 def layer_norm(x, eps=1e-6):
@@ -179,13 +207,12 @@ def run_block(block, x, cond, positions):
 class DiT(nnx.Module):
   def __init__(self, cfg: DiTConfig, rngs: nnx.Rngs):
     self.cfg = cfg
-    self.embed = nnx.Embed(
-        cfg.padded_vocab, cfg.d_model, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
-        embedding_init=nnx.with_partitioning(nnx.initializers.normal(0.02), ("vocab", "embed")),
-        rngs=rngs)
+    self.embed = embedding(cfg.padded_vocab, cfg.d_model, ("vocab", "embed"), cfg, rngs)
     self.time_embed = TimeEmbedding(cfg, rngs)
     self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.n_layers)])
     self.head = OutputHead(cfg, cfg.padded_vocab, ("embed", "vocab"), rngs)
+    # Drawn last, so every other parameter is initialised as in the RoPE-only DiT.
+    self.positions = position_embedding(cfg, rngs)
 
   def condition(self, t, extra_cond=None):
     """SiLU(emb(t) + extra_cond); with time conditioning off the network sees t = 0.
@@ -208,7 +235,7 @@ class DiT(nnx.Module):
     """x_t int [B, L], t float [B] -> logits [B, L, padded_vocab] (compute dtype)."""
     cond = self.condition(t, extra_cond)
     positions = jnp.arange(x_t.shape[1])
-    h = self.forward_hidden(constrain_batch(self.embed(x_t)), cond, positions)
+    h = self.forward_hidden(constrain_batch(add_positions(self.embed(x_t), self.positions)), cond, positions)
     return self.head(h, cond)
 
 

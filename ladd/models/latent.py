@@ -13,8 +13,8 @@ from flax import nnx
 
 from ladd.diffusion import vq
 from ladd.models.dit import (
-    Attention, Block, DiTConfig, Mlp, Modulation, OutputHead, TimeEmbedding, attend, dense,
-    layer_norm, modulate)
+    Attention, Block, DiTConfig, Mlp, Modulation, OutputHead, TimeEmbedding, add_positions, attend,
+    dense, embedding, layer_norm, modulate, position_embedding)
 from ladd.sharding import constrain_batch
 
 
@@ -35,12 +35,6 @@ class LatentSpec:
   denoiser_heads: int = 2
   codebook_size: int = 32
   condition_ty: bool = True
-
-
-def embedding(num, features, axes, cfg, rngs):
-  return nnx.Embed(num, features, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
-                   embedding_init=nnx.with_partitioning(nnx.initializers.normal(0.02), axes),
-                   rngs=rngs)
 
 
 def resized(cfg, d_model, n_layers, n_heads):
@@ -67,6 +61,8 @@ class Encoder(nnx.Module):
   (a learned constant affine) acts. Tokens also get a learned absolute position embedding:
   with RoPE alone a fresh slot's near-uniform attention sees only how many tokens of each
   kind there are, not where they are, and "where" is what a latent must carry (binsaw's phase).
+  (It has it whatever model.position_embedding says: the switch keeps the token denoiser
+  importable as MDLM's DiT, and the encoder has no counterpart there.)
   """
 
   def __init__(self, token_cfg, spec, rngs):
@@ -96,7 +92,7 @@ class Encoder(nnx.Module):
     """x0 int [B, L]; `corrupt` bool [B, L] zeroes those positions' input embeddings.
     With `update_statistics` the standardisation uses (and absorbs) this batch's statistics,
     otherwise its running averages, so z is a function of x0 alone."""
-    h = self.embed(x0) + self.positions.embedding[None, :x0.shape[1]].astype(self.cfg.compute_dtype)
+    h = add_positions(self.embed(x0), self.positions)
     if corrupt is not None:
       h = jnp.where(corrupt[..., None], 0.0, h).astype(h.dtype)
     batch, slots = x0.shape[0], self.queries.embedding.shape[0]
@@ -159,7 +155,8 @@ class JointDenoiser(nnx.Module):
 
   The latent enters as vectors through `LatentInput`; Di-LADD passes the (straight-through)
   code vectors and `latent_masked`, which replaces masked slots by a learned vector.
-  RoPE positions of the latent slots continue after the L token positions.
+  RoPE positions of the latent slots continue after the L token positions; the token
+  stream also gets the DiT's absolute position embedding (model.position_embedding).
   """
 
   def __init__(self, cfg: DiTConfig, spec: LatentSpec, rngs):
@@ -176,6 +173,7 @@ class JointDenoiser(nnx.Module):
     else:
       self.latent_head = OutputHead(cfg, spec.codebook_size + 1, ("embed", "codes"), rngs)
       self.mask_vector = embedding(1, cfg.d_model, ("codes", "embed"), cfg, rngs)
+    self.positions = position_embedding(cfg, rngs)
 
   def condition(self, t_x, t_y):
     """SiLU(emb(t_x) + emb(t_y)) with either term switched off by config."""
@@ -188,7 +186,7 @@ class JointDenoiser(nnx.Module):
 
   def __call__(self, x_t, y, t_x, t_y, latent_masked=None):
     cond = self.condition(t_x, t_y)
-    hx = constrain_batch(self.embed(x_t))
+    hx = constrain_batch(add_positions(self.embed(x_t), self.positions))
     hy = self.latent_in(y)
     if latent_masked is not None:
       hy = jnp.where(latent_masked[..., None], self.mask_vector.embedding[0].astype(hy.dtype), hy)

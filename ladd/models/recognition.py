@@ -12,7 +12,7 @@ import dataclasses
 import jax.numpy as jnp
 from flax import nnx
 
-from ladd.models.dit import DiT, Block, TimeEmbedding, dense, layer_norm
+from ladd.models.dit import DiT, Block, TimeEmbedding, add_positions, dense, layer_norm, position_embedding
 
 
 class RecognitionModel(nnx.Module):
@@ -20,7 +20,8 @@ class RecognitionModel(nnx.Module):
 
   The mask enters twice, as the method requires (a recognition model that ignores m_t
   collapses to the prior): a learned vector is added to the token embedding at masked
-  positions, and every block's adaLN is conditioned on the masked fraction. The
+  positions, and every block's adaLN is conditioned on the masked fraction. Positions get
+  the DiT's absolute position embedding (model.position_embedding), so z can say where. The
   mean-pooled output head is zero-initialised, so a fresh model returns the prior N(0, I).
   """
 
@@ -35,10 +36,11 @@ class RecognitionModel(nnx.Module):
     self.mask_fraction_embed = TimeEmbedding(cfg, rngs)
     self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.n_layers)])
     self.head = dense(cfg.d_model, 2 * latent_dim, ("embed", "latent"), cfg, rngs, zero=True)
+    self.positions = position_embedding(cfg, rngs)
 
   def __call__(self, x0, masked):
     """x0 int [B, L], masked bool [B, L] -> (mean, log_var), float32 [B, latent_dim] each."""
-    h = self.embed(x0) + self.mask_state(masked.astype(jnp.int32))
+    h = add_positions(self.embed(x0) + self.mask_state(masked.astype(jnp.int32)), self.positions)
     cond = nnx.silu(self.mask_fraction_embed(masked.mean(-1, dtype=jnp.float32)))
     positions = jnp.arange(x0.shape[1])
     for block in self.blocks:
