@@ -134,17 +134,17 @@ def main(argv):
   del argv
   with one_line_errors("ladd.evaluate"):
     flags.start_distributed()
+    bound_steps = parse_steps(BOUND_STEPS.value, "bound_steps")
+    nstep_bound.check_steps(bound_steps)  # before the (slow) checkpoint load
     job, step, params, model_state = load_trained(flags.WORKDIR.value, STEP.value, PARAMS.value)
     workdir = os.path.abspath(flags.WORKDIR.value)
     cfg = job.config.eval
-    result = evaluate(job, params, model_state, cfg.num_batches if NUM_BATCHES.value is None else NUM_BATCHES.value,
-                      T_SAMPLES.value or cfg.t_samples, cfg.seed if SEED.value is None else SEED.value)
+    num_batches = cfg.num_batches if NUM_BATCHES.value is None else NUM_BATCHES.value
+    seed = cfg.seed if SEED.value is None else SEED.value
+    result = evaluate(job, params, model_state, num_batches, T_SAMPLES.value or cfg.t_samples, seed)
     bound_lines = []
-    if BOUND_STEPS.value:
-      result["nstep_bounds"], bound_lines = nstep_bounds(
-          job, params, model_state, parse_steps(BOUND_STEPS.value, "bound_steps"),
-          cfg.num_batches if NUM_BATCHES.value is None else NUM_BATCHES.value,
-          cfg.seed if SEED.value is None else SEED.value)
+    if bound_steps:
+      result["nstep_bounds"], bound_lines = nstep_bounds(job, params, model_state, bound_steps, num_batches, seed)
     if isinstance(job.dataset.exact, JointDistribution):
       steps = [int(s) for s in SAMPLE_STEPS.value]
       plot = os.path.join(workdir, "exact_densities.png") if jax.process_index() == 0 else None

@@ -26,15 +26,19 @@ def nstep_eval_step(trainer, method, steps, latent_steps):
   return sharding.on_mesh(trainer.mesh, jax.jit(step, in_shardings=shardings, out_shardings=rep))
 
 
+def check_steps(steps_list):
+  for n in steps_list:
+    if n < 1:
+      raise ValueError(f"--bound_steps must be >= 1, got {n}")
+
+
 def evaluate_nstep_bounds(trainer, method, params, model_state, batches, seed, steps_list, latent_steps=0):
   """{N: float totals keyed like nstep_nelbo's output, plus `sequences` and `tokens`}: one
   pass over `batches`, every N on every batch, each stage with a fresh forward draw."""
   if not method.has_nstep_bound:
     raise ValueError(f"--bound_steps: {method.name} with {method.describe().get('bound', 'this config')} "
                      "has no N-step bound (a deterministic continuous latent has no density)")
-  for n in steps_list:
-    if n < 1:
-      raise ValueError(f"--bound_steps must be >= 1, got {n}")
+  check_steps(steps_list)
   step_fns = {n: nstep_eval_step(trainer, method, n, latent_steps) for n in steps_list}
   key = jax.random.key(seed)
   totals = {n: {} for n in steps_list}
