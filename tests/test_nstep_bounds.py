@@ -14,7 +14,7 @@ import pytest
 from scipy import stats
 
 from configs import ladd_binsaw, toys
-from ladd.diffusion import discrete_bound, sampling
+from ladd.diffusion import discrete_bound, gaussian, sampling
 from ladd.diffusion.schedules import Schedule
 from ladd.methods import build_method
 
@@ -301,3 +301,65 @@ def test_chain_matches_the_sampler():
   assert float(chain.keep[0]) == 0.0 and float(chain.reveal[-1]) == 1.0
   # beta_{k+1} = beta_k + r_k (1 - beta_k): the chain's marginals follow from its steps
   np.testing.assert_allclose(chain.keep[1:], chain.keep[:-1] + chain.reveal[:-1] * (1 - chain.keep[:-1]), atol=1e-6)
+
+
+# --- Co-LADD (stochastic encoder) ---------------------------------------------------------
+
+PRODUCT = np.array([[0.7, 0.1, 0.1, 0.1], [0.05, 0.15, 0.3, 0.5]])
+
+
+class GaussianLatentProduct:
+  """Co-LADD where the encoder mean is 0 and sigma0 = 1, so y0 ~ N(0, I) whatever x0 is
+  (q(y0 | x0) is the true latent marginal); y0-hat = alpha(t) y_t = E[y0 | y_t] is ideal;
+  the tokens are the product distribution PRODUCT, independent of y."""
+
+  def __init__(self, dims):
+    self.dims = dims
+    self.logits = jnp.asarray(np.concatenate([np.log(PRODUCT), np.full((2, 1), NEG)], 1), jnp.float32)
+
+  def encoder(self, x0):
+    return jnp.zeros((x0.shape[0], 1, self.dims))
+
+  def denoiser(self, x_t, y, t_x, t_y, latent_masked=None):
+    return jnp.broadcast_to(self.logits, x_t.shape + (V + 1,)), self.latent_denoiser(y, t_y)
+
+  def latent_denoiser(self, y_t, t):
+    return self.schedule.alpha(t)[:, None, None] * y_t
+
+
+def gaussian_latent_excess(schedule, times):
+  """Per latent dim, the latent part of the bound for y0 ~ N(0, 1) with the ideal y0-hat:
+  E||y0 - y0-hat||^2 = sigma_t^2, so sum_k 1/2 (SNR_{k+1} - SNR_k) sigma_k^2 + the decoder
+  1/2 log(2 pi / SNR_N) + 1/2 alpha_N^2 + the prior KL - the entropy 1/2 log(2 pi e)."""
+  snr = np.asarray(schedule.snr(times), np.float64)
+  var = 1.0 / (1.0 + snr)
+  steps = np.sum(0.5 * (snr[1:] - snr[:-1]) * var[:-1])
+  decoder = 0.5 * math.log(2 * math.pi / snr[-1]) + 0.5 * (1 - var[-1])
+  prior = -0.5 * math.log(var[0])  # 1/2 (alpha^2 E[y0^2] + sigma^2 - 1 - log sigma^2)
+  return steps + decoder + prior - 0.5 * math.log(2 * math.pi * math.e)
+
+
+@pytest.mark.parametrize("variant", ["co_joint", "co_seq"])
+def test_co_ladd_stochastic_encoder_bound_has_its_known_latent_excess(variant):
+  config = ladd_binsaw.get_config(variant + "_tiny")
+  config.data.update(seq_len=2)
+  config.diffusion.update(eps=0.01)
+  config.latent.update(sigma0_mode="fixed", sigma0=1.0, l2_norm=False, dim=2,
+                       time_shift=0.5 if variant == "co_joint" else 1.0)
+  method = build_method(config, V)
+  assert method.has_nstep_bound
+  model = GaussianLatentProduct(2)
+  model.schedule = method.latent_schedule
+  rng = np.random.default_rng(7)
+  x0 = np.stack([rng.choice(V, BATCH, p=p) for p in PRODUCT], 1)
+  exact = -np.log(PRODUCT[0, x0[:, 0]] * PRODUCT[1, x0[:, 1]])
+  excess = []
+  for steps, values in zip((1, 4, 16), bounds([(method, model, n, n) for n in (1, 4, 16)], jnp.asarray(x0, jnp.int32))):
+    grid = sampling.time_grid(steps, method.schedule.eps)
+    times = grid if method.sequential else gaussian.time_shift(grid, 0.5)
+    excess.append(2 * gaussian_latent_excess(method.latent_schedule, times))
+    assert_equal(values["elbo_x"], exact)  # the tokens ignore y: their factorised chain is tight
+    assert_equal(values["nelbo"], exact + excess[-1])
+  assert excess[0] > excess[1] > excess[2] > 0  # the latent chain's gap closes as N grows
+  config.latent.update(sigma0_mode="none")
+  assert not build_method(config, V).has_nstep_bound
