@@ -84,11 +84,12 @@ def copy_conditional(x_t, mask_id):
 # --- MDLM ---------------------------------------------------------------------------------
 
 
-def copy_task_closed_form(schedule, steps):
-  """Ideal MDLM on the copy task: a masked position costs log V at stage k iff the other is
-  masked too, so B_N = 2 log V [sum_{k<N} r_k (1 - beta_k)^2 + (1 - beta_N)^2]."""
-  chain = discrete_bound.mask_chain(schedule, sampling.time_grid(steps, schedule.eps))
-  keep, reveal = np.asarray(chain.keep, np.float64), np.asarray(chain.reveal, np.float64)
+def copy_task_closed_form(eps, steps):
+  """Ideal MDLM on the copy task (linear schedule, float64): a masked position costs log V at
+  stage k iff the other is masked too, so B_N = 2 log V [sum_{k<N} r_k (1 - beta_k)^2 + (1 - beta_N)^2]."""
+  alpha = (1 - 2 * eps) * (1 - np.linspace(1.0, eps, steps + 1)) + eps
+  keep = (alpha - alpha[0]) / (1 - alpha[0])
+  reveal = np.append((alpha[1:] - alpha[:-1]) / (1 - alpha[:-1]), 1.0)
   return 2 * math.log(V) * float(np.sum(reveal * (1 - keep) ** 2))
 
 
@@ -115,18 +116,18 @@ def test_mdlm_is_tight_on_a_product_distribution_at_every_steps():
 def test_mdlm_copy_task_bound_matches_its_closed_form_and_decreases_to_the_continuous_one():
   method = toy_method("mdlm")
   ideal = lambda x_t, t: copy_conditional(x_t, method.mask_id)
-  closed = {n: copy_task_closed_form(method.schedule, n) for n in (1, 2, 4, 16)}
+  eps = method.schedule.eps
+  closed = {n: copy_task_closed_form(eps, n) for n in (1, 4, 16)}
   for values, value in zip(bounds([(method, ideal, n, 0) for n in closed], copy_batch()), closed.values()):
     assert_equal(values["nelbo"], value)
   # one step is a product of marginals: 2 log V (at the default eps = 1e-4)
-  assert copy_task_closed_form(Schedule(), 1) == pytest.approx(2 * math.log(V), rel=1e-3)
-  assert closed[1] > closed[2] > closed[4] > closed[16] > math.log(V)
+  assert copy_task_closed_form(1e-4, 1) == pytest.approx(2 * math.log(V), rel=1e-3)
+  assert closed[1] > closed[4] > closed[16] > math.log(V)
   # N -> infinity: the continuous-time bound with its end terms, 2 log V [int_0^b (1 - beta)
-  # dbeta + (1 - b)^2] with b = beta_N, which tends to the exact log V as eps -> 0
-  b = float(discrete_bound.mask_chain(method.schedule, sampling.time_grid(1, method.schedule.eps)).keep[-1])
-  continuous = 2 * math.log(V) * (b - b**2 / 2 + (1 - b) ** 2)
-  assert copy_task_closed_form(method.schedule, 4000) == pytest.approx(continuous, rel=1e-3)
-  assert copy_task_closed_form(Schedule(), 4000) == pytest.approx(math.log(V), rel=1e-3)
+  # dbeta + (1 - b)^2] with b = beta_N = 1 - 2 eps, which tends to the exact log V as eps -> 0
+  b = 1 - 2 * eps
+  assert copy_task_closed_form(eps, 4000) == pytest.approx(2 * math.log(V) * (b - b**2 / 2 + (1 - b) ** 2), rel=1e-3)
+  assert copy_task_closed_form(1e-4, 4000) == pytest.approx(math.log(V), rel=1e-3)
 
 
 # --- VADD ---------------------------------------------------------------------------------
@@ -170,7 +171,7 @@ def test_vadd_ideal_mixture_is_tight_at_one_step_where_mdlm_pays_two_log_v():
   values = bound_per_sequence(method, IdealZMixture(method.mask_id), copy_batch(batch=1024), 1)["nelbo"]
   # every stage reveals a non-empty set of masked positions with probability 1 - O(eps^2)
   assert_equal(values, math.log(V), extra=importance_sampling_gap(k))
-  assert copy_task_closed_form(method.schedule, 1) > 1.6 * math.log(V)  # MDLM on the same grid
+  assert copy_task_closed_form(method.schedule.eps, 1) > 1.6 * math.log(V)  # MDLM on the same grid
 
 
 def test_vadd_uniform_model_gives_length_times_log_vocab():
@@ -268,14 +269,14 @@ class IdentityCodebook:
 def test_di_ladd_with_the_code_y_equal_x1(variant):
   method = toy_method("di_ladd", variant=variant)
   model = IdealCopyCodes(method)
-  values = bounds([(method, model, steps, 0) for steps in (1, 4, 16)], copy_batch())
+  values = bounds([(method, model, steps, 0) for steps in (1, 8)], copy_batch())
   for by_steps in values:
     assert_at_least(by_steps["nelbo"], math.log(V))
   if variant == "di_seq":  # the code costs log V, then the tokens are certain: tight at N = 1
     assert_equal(values[0]["nelbo"], math.log(V))
     assert_equal(values[0]["elbo_x"], 0.0)
   else:  # one joint step reveals codes and tokens independently: loose, and more steps help
-    assert np.mean(values[0]["nelbo"]) > 2 * math.log(V) > np.mean(values[2]["nelbo"])
+    assert np.mean(values[0]["nelbo"]) > 2 * math.log(V) > np.mean(values[1]["nelbo"])
 
 
 class UniformCodes(IdealCopyCodes):
@@ -354,12 +355,13 @@ def test_co_ladd_stochastic_encoder_bound_has_its_known_latent_excess(variant):
   x0 = np.stack([rng.choice(V, BATCH, p=p) for p in PRODUCT], 1)
   exact = -np.log(PRODUCT[0, x0[:, 0]] * PRODUCT[1, x0[:, 1]])
   excess = []
-  for steps, values in zip((1, 4, 16), bounds([(method, model, n, n) for n in (1, 4, 16)], jnp.asarray(x0, jnp.int32))):
+  for steps, values in zip((1, 4), bounds([(method, model, n, n) for n in (1, 4)], jnp.asarray(x0, jnp.int32))):
     grid = sampling.time_grid(steps, method.schedule.eps)
     times = grid if method.sequential else gaussian.time_shift(grid, 0.5)
     excess.append(2 * gaussian_latent_excess(method.latent_schedule, times))
     assert_equal(values["elbo_x"], exact)  # the tokens ignore y: their factorised chain is tight
     assert_equal(values["nelbo"], exact + excess[-1])
-  assert excess[0] > excess[1] > excess[2] > 0  # the latent chain's gap closes as N grows
+  assert excess[0] > excess[1] > 0  # the latent chain's gap closes as N grows
+  assert 2 * gaussian_latent_excess(method.latent_schedule, sampling.time_grid(2000, 0.01)) < 0.01
   config.latent.update(sigma0_mode="none")
   assert not build_method(config, V).has_nstep_bound
