@@ -72,12 +72,12 @@ def parse_steps(values, flag):
     raise ValueError(f"--{flag} must be a comma-separated list of integers, got {','.join(values)!r}") from None
 
 
-def nstep_bounds(job, params, model_state, steps_list, num_batches, seed):
+def nstep_bounds(job, params, model_state, steps_list, num_batches, seed, latent_steps=None):
   """({"N": metrics}, printed lines) of the N-step bound at each N on the held-out split;
-  sequential LADD uses config sample.latent_steps as N_y, as `ladd.sample` does."""
+  sequential LADD's N_y is `latent_steps`, by default config sample.latent_steps as in `ladd.sample`."""
   local = job.config.data.eval_batch_size // jax.process_count()
   batches = job.dataset.eval_batches(jax.process_index(), jax.process_count(), local, num_batches or None)
-  latent_steps = job.config.sample.latent_steps
+  latent_steps = job.config.sample.latent_steps if latent_steps is None else latent_steps
   totals = nstep_bound.evaluate_nstep_bounds(job.trainer, job.method, params, model_state, batches, seed,
                                              steps_list, latent_steps)
   return nstep_bound.nstep_report(totals, job.method, job.dataset.chars_per_token, latent_steps, seed)
