@@ -9,6 +9,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from ladd import sharding
@@ -79,7 +80,9 @@ def nstep_report(totals_by_steps, method, chars_per_token, latent_steps, seed):
     sequences, tokens = totals.pop("sequences"), totals.pop("tokens")
     per_token = totals["nelbo"] / tokens
     entry = {f"{name}_per_sequence": total / sequences for name, total in totals.items()}
-    entry.update(nelbo_per_token=per_token, ppl_bound=math.exp(per_token), bits_per_token=per_token / math.log(2),
+    with np.errstate(over="ignore"):  # an untrained latent can cost more than exp can hold: inf
+      ppl = float(np.exp(per_token))
+    entry.update(nelbo_per_token=per_token, ppl_bound=ppl, bits_per_token=per_token / math.log(2),
                  estimator=dict(estimator(method, n, latent_steps, seed), sequences=sequences, tokens=tokens))
     line = f"N-step bound (N={n}): {per_token:.4f} nats/token, PPL <= {entry['ppl_bound']:.4g}"
     if chars_per_token:
