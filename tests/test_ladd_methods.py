@@ -188,6 +188,7 @@ def test_end_to_end_train_sample_evaluate(trained):
   assert np.isfinite(result["latent_information_per_sequence"])
   # a deterministic continuous encoder makes the sum ELBO-style: no perplexity "bound" from it
   assert ("ppl_bound" in result) == (job.method.name == "di_ladd") == job.method.nelbo_is_bound
+  assert job.method.has_nstep_bound == (job.method.name == "di_ladd")  # co_seq's encoder is deterministic
   assert "bound" in job.method.describe()
   tokens, nfe = sample(job, params, model_state, SamplerSettings(steps=2, latent_steps=2, cache=False), 4, 4, seed=0)
   assert tokens.shape == (4, job.config.data.seq_len) and set(np.unique(tokens)) <= {0, 1}
