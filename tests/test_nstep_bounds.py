@@ -265,18 +265,17 @@ class IdentityCodebook:
     return jnp.argmax(z_e, -1).astype(jnp.int32), z_e
 
 
-@pytest.mark.parametrize("variant", ["di_seq", "di_joint"])
-def test_di_ladd_with_the_code_y_equal_x1(variant):
-  method = toy_method("di_ladd", variant=variant)
-  model = IdealCopyCodes(method)
-  values = bounds([(method, model, steps, 0) for steps in (1, 8)], copy_batch())
+def test_di_ladd_with_the_code_y_equal_x1():
+  seq, joint = toy_method("di_ladd", variant="di_seq"), toy_method("di_ladd", variant="di_joint")
+  cases = [(method, IdealCopyCodes(method), steps, 0) for method in (seq, joint) for steps in (1, 8)]
+  values = bounds(cases, copy_batch())
   for by_steps in values:
     assert_at_least(by_steps["nelbo"], math.log(V))
-  if variant == "di_seq":  # the code costs log V, then the tokens are certain: tight at N = 1
-    assert_equal(values[0]["nelbo"], math.log(V))
-    assert_equal(values[0]["elbo_x"], 0.0)
-  else:  # one joint step reveals codes and tokens independently: loose, and more steps help
-    assert np.mean(values[0]["nelbo"]) > 2 * math.log(V) > np.mean(values[1]["nelbo"])
+  # sequential: the code costs log V, then the tokens are certain: tight at N = 1
+  assert_equal(values[0]["nelbo"], math.log(V))
+  assert_equal(values[0]["elbo_x"], 0.0)
+  # joint: one step reveals codes and tokens independently: loose, and more steps help
+  assert np.mean(values[2]["nelbo"]) > 2 * math.log(V) > np.mean(values[3]["nelbo"])
 
 
 class UniformCodes(IdealCopyCodes):
@@ -314,8 +313,8 @@ class GaussianLatentProduct:
   (q(y0 | x0) is the true latent marginal); y0-hat = alpha(t) y_t = E[y0 | y_t] is ideal;
   the tokens are the product distribution PRODUCT, independent of y."""
 
-  def __init__(self, dims):
-    self.dims = dims
+  def __init__(self, dims, schedule):
+    self.dims, self.schedule = dims, schedule
     self.logits = jnp.asarray(np.concatenate([np.log(PRODUCT), np.full((2, 1), NEG)], 1), jnp.float32)
 
   def encoder(self, x0):
@@ -340,28 +339,30 @@ def gaussian_latent_excess(schedule, times):
   return steps + decoder + prior - 0.5 * math.log(2 * math.pi * math.e)
 
 
-@pytest.mark.parametrize("variant", ["co_joint", "co_seq"])
-def test_co_ladd_stochastic_encoder_bound_has_its_known_latent_excess(variant):
+def co_ladd_method(variant, sigma0_mode="fixed"):
   config = ladd_binsaw.get_config(variant + "_tiny")
   config.data.update(seq_len=2)
   config.diffusion.update(eps=0.01)
-  config.latent.update(sigma0_mode="fixed", sigma0=1.0, l2_norm=False, dim=2,
+  config.latent.update(sigma0_mode=sigma0_mode, sigma0=1.0, l2_norm=False, dim=2,
                        time_shift=0.5 if variant == "co_joint" else 1.0)
-  method = build_method(config, V)
-  assert method.has_nstep_bound
-  model = GaussianLatentProduct(2)
-  model.schedule = method.latent_schedule
+  return build_method(config, V)
+
+
+def test_co_ladd_stochastic_encoder_bound_has_its_known_latent_excess():
+  joint, sequential = co_ladd_method("co_joint"), co_ladd_method("co_seq")
+  assert joint.has_nstep_bound and sequential.has_nstep_bound
+  assert not co_ladd_method("co_seq", sigma0_mode="none").has_nstep_bound
   rng = np.random.default_rng(7)
   x0 = np.stack([rng.choice(V, BATCH, p=p) for p in PRODUCT], 1)
   exact = -np.log(PRODUCT[0, x0[:, 0]] * PRODUCT[1, x0[:, 1]])
-  excess = []
-  for steps, values in zip((1, 4), bounds([(method, model, n, n) for n in (1, 4)], jnp.asarray(x0, jnp.int32))):
-    grid = sampling.time_grid(steps, method.schedule.eps)
-    times = grid if method.sequential else gaussian.time_shift(grid, 0.5)
-    excess.append(2 * gaussian_latent_excess(method.latent_schedule, times))
+  eps = joint.schedule.eps
+  # (method, N, N_y, the latent's times): joint on the shifted token grid, sequential on its own
+  cases = [(joint, n, 0, gaussian.time_shift(sampling.time_grid(n, eps), 0.5)) for n in (1, 4)]
+  cases += [(sequential, n, n_y, sampling.time_grid(n_y, eps)) for n, n_y in ((1, 2), (4, 3))]
+  runs = [(m, GaussianLatentProduct(2, m.latent_schedule), n, n_y) for m, n, n_y, _ in cases]
+  excess = [2 * gaussian_latent_excess(joint.latent_schedule, times) for *_, times in cases]
+  for values, gap in zip(bounds(runs, jnp.asarray(x0, jnp.int32)), excess):
     assert_equal(values["elbo_x"], exact)  # the tokens ignore y: their factorised chain is tight
-    assert_equal(values["nelbo"], exact + excess[-1])
-  assert excess[0] > excess[1] > 0  # the latent chain's gap closes as N grows
-  assert 2 * gaussian_latent_excess(method.latent_schedule, sampling.time_grid(2000, 0.01)) < 0.01
-  config.latent.update(sigma0_mode="none")
-  assert not build_method(config, V).has_nstep_bound
+    assert_equal(values["nelbo"], exact + gap)
+  assert excess[0] > excess[1] > 0 and excess[2] > excess[3] > 0  # the latent chain's gap closes as N grows
+  assert 2 * gaussian_latent_excess(joint.latent_schedule, sampling.time_grid(2000, eps)) < 0.01
