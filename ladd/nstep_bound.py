@@ -37,8 +37,8 @@ def evaluate_nstep_bounds(trainer, method, params, model_state, batches, seed, s
   """{N: float totals keyed like nstep_nelbo's output, plus `sequences` and `tokens`}: one
   pass over `batches`, every N on every batch, each stage with a fresh forward draw."""
   if not method.has_nstep_bound:
-    raise ValueError(f"--bound_steps: {method.name} with {method.describe().get('bound', 'this config')} "
-                     "has no N-step bound (a deterministic continuous latent has no density)")
+    raise ValueError(f"--bound_steps: this {method.name} checkpoint has no N-step bound (a deterministic "
+                     "continuous latent has no density; latent.sigma0_mode fixed or learned gives one)")
   check_steps(steps_list)
   step_fns = {n: nstep_eval_step(trainer, method, n, latent_steps) for n in steps_list}
   key = jax.random.key(seed)
