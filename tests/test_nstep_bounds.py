@@ -7,6 +7,7 @@ tight. No transformer is compiled: the networks are a few array operations.
 """
 
 import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
