@@ -68,7 +68,8 @@ def estimator(method, steps, latent_steps, seed):
   if method.name == "vmd":
     record["z_samples"] = "one z ~ q(z | x0) per sequence"
   if method.name == "co_ladd":
-    record["latent_sampler"] = "ancestral (DDIM has no density)"
+    record.update(latent_sampler="ancestral (DDIM has no density)",
+                  latent_last_step="y0 ~ N(y0-hat, I / SNR(t_N)) (the sampler sets y0 = y0-hat)")
   return record
 
 
