@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 from configs import toys as toy_configs  # noqa: E402
 from ladd import exact_metrics  # noqa: E402
 from ladd.data import toys  # noqa: E402
-from ladd.evaluate import exact_sample_metrics, plot_2d_densities  # noqa: E402
+from ladd.evaluate import exact_sample_metrics, nstep_bounds, plot_2d_densities  # noqa: E402
 from ladd.flags import WORKDIR  # noqa: E402  --workdir: keep the runs there (default: a temporary directory)
 from ladd.job import build_job  # noqa: E402
 from ladd.methods import METHODS  # noqa: E402
@@ -95,8 +95,31 @@ def run(method, task, workroot):
   job = build_job(config, workdir)
   metrics, distributions = exact_sample_metrics(job, state["ema"], state["model_state"], STEP_COUNTS, SEED)
   return {"metrics": metrics, "distributions": distributions, "train_seconds": train_seconds,
+          "nstep_bounds": nstep_bound_row(job, state["ema"], state["model_state"]),
           "total_seconds": time.time() - start, "diagnostics": last_training_record(workdir),
           "train_steps": config.train.steps, "train_loss": config.diffusion.train_loss}
+
+
+def nstep_bound_row(job, params, model_state):
+  """{steps: held-out N-step bound of that sampler, nats/sequence} ({} where the method has no
+  density: deterministic Co-LADD), over config eval.num_batches batches."""
+  if not job.method.has_nstep_bound:
+    return {}
+  report, _ = nstep_bounds(job, params, model_state, list(STEP_COUNTS), job.config.eval.num_batches, SEED)
+  return {int(n): entry["nelbo_per_sequence"] for n, entry in report.items()}
+
+
+def nstep_bound_table(results, methods):
+  """Markdown: the N-step bound (nats/sequence) of each method at each step count, per task."""
+  lines = ["## N-step bounds", "", "Held-out N-step bound of the N-step sampler (method.md §7), nats per"
+           " sequence; blank where the method has no density.", "",
+           "| task | method | " + " | ".join(f"N={s}" for s in STEP_COUNTS) + " |",
+           "|---" * (len(STEP_COUNTS) + 2) + "|"]
+  for task in TASKS:
+    for m in filter(results[task].__contains__, methods):
+      bounds = results[task][m].get("nstep_bounds", {})
+      lines.append(f"| {task} | {m} | " + " | ".join(fmt(bounds.get(s)) for s in STEP_COUNTS) + " |")
+  return lines + [""]
 
 
 def fmt(value):
@@ -128,6 +151,7 @@ def markdown(results, references, methods, failures, command, total_minutes):
       cells = [fmt(by_steps.get(s, {}).get(m)) for m in exact_metric_names for s in STEP_COUNTS]
       lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append("")
+  lines += nstep_bound_table(results, methods)
   lines += ["## Training and latent diagnostics", "",
             "| task | method | train loss | train steps | train s | total s | KL/sequence | active latent dims | lambda |",
             "|---|---|---|---|---|---|---|---|---|"]

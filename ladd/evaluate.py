@@ -3,7 +3,8 @@
 Prints one JSON object (also written to `<workdir>/eval.json`): the continuous-time
 NELBO per token and per sequence (and any further terms the method's `nelbo` returns,
 e.g. elbo_x / elbo_y for latent methods), the perplexity bound exp(NELBO/token), bits per token,
-bits per character for text, and the estimator used. Sources with a known joint (toys) also
+bits per character for text, and the estimator used; with `--bound_steps=N[,N...]` also the
+N-step bound of the N-step sampler at each N (one printed line each, and "nstep_bounds"). Sources with a known joint (toys) also
 get exact sample metrics at each `--sample_steps` count and `<workdir>/exact_densities.png`.
 """
 
@@ -16,7 +17,7 @@ import numpy as np
 from absl import app
 from absl import flags as absl_flags
 
-from ladd import checkpoint, exact_metrics, flags
+from ladd import checkpoint, exact_metrics, flags, nstep_bound
 from ladd.data.toys import JointDistribution
 from ladd.diffusion.sampling import SamplerSettings
 from ladd.errors import one_line_errors
@@ -30,6 +31,7 @@ SEED = absl_flags.DEFINE_integer("seed", None, "Estimator seed (default: config 
 STEP = absl_flags.DEFINE_integer("checkpoint_step", None, "Checkpoint step to load (default: newest).")
 PARAMS = absl_flags.DEFINE_enum("params", "ema", ["ema", "raw"], "EMA or raw parameters.")
 OUTPUT = absl_flags.DEFINE_string("output", "", "Output JSON (default: <workdir>/eval.json).")
+BOUND_STEPS = absl_flags.DEFINE_list("bound_steps", [], "Step counts N for the N-step bound of the N-step sampler (e.g. 1,4,16); none by default.")
 SAMPLE_STEPS = absl_flags.DEFINE_list("sample_steps", ["1", "2", "5", "10"], "Step counts for the exact sample metrics of sources with a known joint (toys).")
 
 
@@ -61,6 +63,24 @@ def evaluate(job, params, model_state, num_batches, t_samples, seed):
   if job.dataset.exact is not None:
     result["exact_entropy_per_sequence"] = job.dataset.exact.entropy()
   return result
+
+
+def parse_steps(values, flag):
+  try:
+    return [int(v) for v in values]
+  except ValueError:
+    raise ValueError(f"--{flag} must be a comma-separated list of integers, got {','.join(values)!r}") from None
+
+
+def nstep_bounds(job, params, model_state, steps_list, num_batches, seed, latent_steps=None):
+  """({"N": metrics}, printed lines) of the N-step bound at each N on the held-out split;
+  sequential LADD's N_y is `latent_steps`, by default config sample.latent_steps as in `ladd.sample`."""
+  local = job.config.data.eval_batch_size // jax.process_count()
+  batches = job.dataset.eval_batches(jax.process_index(), jax.process_count(), local, num_batches or None)
+  latent_steps = job.config.sample.latent_steps if latent_steps is None else latent_steps
+  totals = nstep_bound.evaluate_nstep_bounds(job.trainer, job.method, params, model_state, batches, seed,
+                                             steps_list, latent_steps)
+  return nstep_bound.nstep_report(totals, job.method, job.dataset.chars_per_token, latent_steps, seed)
 
 
 def exact_sample_metrics(job, params, model_state, sample_steps, seed, plot_path=None):
@@ -114,11 +134,17 @@ def main(argv):
   del argv
   with one_line_errors("ladd.evaluate"):
     flags.start_distributed()
+    bound_steps = parse_steps(BOUND_STEPS.value, "bound_steps")
+    nstep_bound.check_steps(bound_steps)  # before the (slow) checkpoint load
     job, step, params, model_state = load_trained(flags.WORKDIR.value, STEP.value, PARAMS.value)
     workdir = os.path.abspath(flags.WORKDIR.value)
     cfg = job.config.eval
-    result = evaluate(job, params, model_state, cfg.num_batches if NUM_BATCHES.value is None else NUM_BATCHES.value,
-                      T_SAMPLES.value or cfg.t_samples, cfg.seed if SEED.value is None else SEED.value)
+    num_batches = cfg.num_batches if NUM_BATCHES.value is None else NUM_BATCHES.value
+    seed = cfg.seed if SEED.value is None else SEED.value
+    result = evaluate(job, params, model_state, num_batches, T_SAMPLES.value or cfg.t_samples, seed)
+    bound_lines = []
+    if bound_steps:
+      result["nstep_bounds"], bound_lines = nstep_bounds(job, params, model_state, bound_steps, num_batches, seed)
     if isinstance(job.dataset.exact, JointDistribution):
       steps = [int(s) for s in SAMPLE_STEPS.value]
       plot = os.path.join(workdir, "exact_densities.png") if jax.process_index() == 0 else None
@@ -126,6 +152,8 @@ def main(argv):
     result = dict(job.method.describe(), checkpoint_step=int(step), params=PARAMS.value, **result)
     if jax.process_index() == 0:
       checkpoint.write_json(OUTPUT.value or os.path.join(workdir, "eval.json"), result)
+      for line in bound_lines:  # before the JSON, which ends the output
+        print(line)
       print(json.dumps(result, indent=2), flush=True)
 
 

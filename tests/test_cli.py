@@ -79,14 +79,20 @@ def test_sample_records_every_setting(trained):
 
 
 def test_evaluate_reports_the_bound_and_estimator(trained):
-  result = run("ladd.evaluate", f"--workdir={trained}", "--num_batches=2", "--t_samples=2")
+  result = run("ladd.evaluate", f"--workdir={trained}", "--num_batches=2", "--t_samples=2", "--bound_steps=1,4")
   assert result.returncode == 0, result.stderr[-2000:]
   report = json.loads(result.stdout[result.stdout.index("{"):])
   assert report["estimator"]["t_samples"] == 2 and report["estimator"]["sequences"] == 16
   assert report["ppl_bound"] == pytest.approx(2.718281828 ** report["nelbo_per_token"])
   assert 0 < report["bits_per_char"] < 8
+  for n in (1, 4):  # the N-step sampler's own bound: one printed line each, and in eval.json
+    bound = report["nstep_bounds"][str(n)]
+    line = f"N-step bound (N={n}): {bound['nelbo_per_token']:.4f} nats/token, PPL <= {bound['ppl_bound']:.4g}"
+    assert line in result.stdout and f"{bound['bits_per_char']:.4f} bits/char" in result.stdout
+    assert bound["estimator"]["stages"] == n + 1 and bound["estimator"]["sequences"] == 16
+    assert bound["nelbo_per_token"] > 0.9 * report["nelbo_per_token"]  # a fresh model: ~log V both
   with open(os.path.join(trained, "eval.json")) as f:
-    assert json.load(f)["checkpoint_step"] == 4
+    assert json.load(f)["nstep_bounds"]["4"] == report["nstep_bounds"]["4"]
 
 
 BAD_TRAIN_INPUT = {
@@ -114,6 +120,7 @@ def test_bad_train_input_fails_cleanly_and_keeps_the_workdir(trained, case):
     ("ladd.sample", ["--steps=0"], "steps must be >= 1"),
     ("ladd.sample", ["--temperature=-1"], "temperature must be > 0"),
     ("ladd.evaluate", ["--t_samples=-1"], "t_samples must be >= 1"),
+    ("ladd.evaluate", ["--bound_steps=4,0"], "bound_steps must be >= 1"),
     ("ladd.evaluate", ["--checkpoint_step=99"], "step 99 not found"),
 ])
 def test_bad_sample_and_evaluate_input(trained, module, flags, expected):

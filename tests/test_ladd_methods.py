@@ -18,6 +18,7 @@ from ladd.evaluate import evaluate
 from ladd.generate import sample
 from ladd.job import load_trained
 from ladd.methods import build_method
+from ladd.nstep_bound import evaluate_nstep_bounds
 from ladd.train import train
 from ladd.trainer import make_optimizer
 from tests.helpers import ROOT, entry_point, subprocess_env
@@ -194,6 +195,16 @@ def test_end_to_end_train_sample_evaluate(trained):
   assert np.isfinite(result["latent_information_per_sequence"])
   # a deterministic continuous encoder makes the sum ELBO-style: no perplexity "bound" from it
   assert ("ppl_bound" in result) == (job.method.name == "di_ladd") == job.method.nelbo_is_bound
+  assert job.method.has_nstep_bound == (job.method.name == "di_ladd")  # co_seq's encoder is deterministic
+  batches = list(job.dataset.eval_batches(0, 1, job.config.data.eval_batch_size, 1))
+  if job.method.has_nstep_bound:  # the real networks on the N-step path: nearly fresh, so ~L log 2 + log K
+    totals = evaluate_nstep_bounds(job.trainer, job.method, params, model_state, batches, 0, [1])[1]
+    per_sequence = {k: v / totals["sequences"] for k, v in totals.items() if k not in ("sequences", "tokens")}
+    assert 0.5 < per_sequence["elbo_x"] / (job.config.data.seq_len * np.log(2)) < 1.5
+    assert per_sequence["nelbo"] == pytest.approx(per_sequence["elbo_x"] + per_sequence["elbo_y"], rel=1e-5)
+  else:
+    with pytest.raises(ValueError, match="no N-step bound"):
+      evaluate_nstep_bounds(job.trainer, job.method, params, model_state, batches, 0, [1])
   assert "bound" in job.method.describe()
   tokens, nfe = sample(job, params, model_state, SamplerSettings(steps=2, latent_steps=2, cache=False), 4, 4, seed=0)
   assert tokens.shape == (4, job.config.data.seq_len) and set(np.unique(tokens)) <= {0, 1}

@@ -15,7 +15,7 @@ from the training loss; `describe()["bound"]` says whether their sum bounds -log
 import jax
 import jax.numpy as jnp
 
-from ladd.diffusion import gaussian, masking, sampling, vq
+from ladd.diffusion import discrete_bound, gaussian, masking, sampling, vq
 from ladd.diffusion.schedules import Schedule
 from ladd.models.dit import DiTConfig, train_flops_per_token
 from ladd.models.latent import LaddModel, LatentSpec
@@ -235,6 +235,75 @@ class CoLadd(LatentDiffusion):
       y0 = y0 + sigma0 * jax.random.normal(noise_key, y0.shape)
     return y0
 
+  @property
+  def has_nstep_bound(self):
+    return self.lat.sigma0_mode != "none"  # a deterministic continuous latent has no density
+
+  def nstep_nelbo(self, model, x0, key, steps, latent_steps=0):
+    """The N-step bound, per sequence [B] (nats), of the temperature-1 sampler with ancestral
+    Gaussian latent steps (latent_sampler = "ancestral": DDIM is deterministic, no density)
+    and a Gaussian last latent step y0 ~ N(y0-hat, I / SNR(t_N)) in place of y0 = y0-hat:
+    -log p(x0) <= E_{q(y0 | x0)}[-log p(x0, y0)] - H(q(y0 | x0)), with -log p(x0, y0) <=
+    elbo_x + elbo_y: token KLs (discrete_bound), the latent's prior KL at t = 1, its per-step
+    Gaussian KLs and the decoder term at t_N, minus the encoder entropy (method.md §7).
+
+    Joint: one chain on the token grid, the latent at the shifted time; the final call fills
+    the tokens and decodes y0 (which the token output does not depend on). Sequential: g_psi's
+    chain on its own N_y = latent_steps (0: N) grid with N_y steps and the decoder call at
+    t = eps (N_y + 1 calls; the sampler returns y0-hat at its N_y-th), then N token stages
+    given y0 at t_y = 0."""
+    enc_key, y_key, x_key = jax.random.split(key, 3)
+    y0 = self._clean_latent(model, x0, None, enc_key, training=False)
+    dims = y0[0].size
+    batch = x0.shape[0]
+    full = lambda v: jnp.full((batch,), v)
+    grid = sampling.time_grid(steps, self.schedule.eps)
+    token_chain = discrete_bound.mask_chain(self.schedule, grid)
+
+    def token_kl(logits, x_t, k):
+      nll = masking.masked_token_nll(logits, x0, x_t, self.vocab_size, self.mask_id)
+      return token_chain.reveal[k] * nll.sum(-1)
+
+    def latent_y_t(key, times, k):
+      return gaussian.noisy(self.latent_schedule, y0, jax.random.normal(key, y0.shape), times[k])
+
+    if self.sequential:
+      latent_grid = sampling.time_grid(latent_steps or steps, self.schedule.eps)
+
+      def latent_stage(k, key):
+        y0_hat = model.latent_denoiser(latent_y_t(key, latent_grid, k), full(latent_grid[k]))
+        return {"elbo_y": self._latent_stage_term(latent_grid, k, per_sequence_sq(y0_hat, y0), dims)}
+
+      def token_stage(k, key):
+        x_t = discrete_bound.chain_state(key, x0, token_chain, k, self.mask_id)
+        logits, _ = model.denoiser(x_t, y0, full(grid[k]), full(0.0))
+        return {"elbo_x": token_kl(logits, x_t, k)}
+
+      terms = dict(discrete_bound.sum_over_stages(latent_stage, latent_grid.shape[0], y_key),
+                   **discrete_bound.sum_over_stages(token_stage, steps + 1, x_key))
+    else:
+      latent_times = gaussian.time_shift(grid, self.lat.time_shift)
+
+      def joint_stage(k, key):
+        mask_key, noise_key = jax.random.split(key)
+        x_t = discrete_bound.chain_state(mask_key, x0, token_chain, k, self.mask_id)
+        logits, y0_hat = model.denoiser(x_t, latent_y_t(noise_key, latent_times, k), full(grid[k]),
+                                        full(latent_times[k]))
+        return {"elbo_x": token_kl(logits, x_t, k),
+                "elbo_y": self._latent_stage_term(latent_times, k, per_sequence_sq(y0_hat, y0), dims)}
+
+      terms = discrete_bound.sum_over_stages(joint_stage, steps + 1, x_key)  # not `key`: enc_key came from it
+    entropy = dims * 0.5 * jnp.log(2 * jnp.pi * jnp.e * self._sigma0(model) ** 2)
+    elbo_y = terms["elbo_y"] + self.latent_schedule.prior_kl(y0) - entropy
+    return {"nelbo": terms["elbo_x"] + elbo_y, "elbo_x": terms["elbo_x"], "elbo_y": elbo_y}
+
+  def _latent_stage_term(self, times, k, sq_err, dims):
+    """Stage k < N: the Gaussian step KL from times[k] to times[k + 1]; stage N: the decoder."""
+    last = times.shape[0] - 1
+    step = discrete_bound.gaussian_step_kl(self.latent_schedule, times[k], times[jnp.minimum(k + 1, last)], sq_err)
+    decoder = discrete_bound.gaussian_decoder_nll(self.latent_schedule, times[last], sq_err, dims)
+    return jnp.where(k < last, step, decoder)
+
   def _sigma0(self, model):
     if self.lat.sigma0_mode == "fixed":
       return jnp.float32(self.lat.sigma0)
@@ -392,10 +461,67 @@ class DiLadd(LatentDiffusion):
             "latent_input": self._code_vectors(model, ids),
             "metrics": dict(vq.usage_metrics(ids, self.code_mask), commitment=commit / batch)}
 
+  has_nstep_bound = True
+
   def sample(self, model, key, num_samples, settings):
     if self.sequential:
       return self._sample_sequential(model, key, num_samples, settings)
     return self._sample_joint(model, key, num_samples, settings)
+
+  def nstep_nelbo(self, model, x0, key, steps, latent_steps=0):
+    """The N-step bound of the temperature-1 sampler, per sequence [B] (nats), along the
+    sampler's own path: -log p(x0) <= -log p(x0, y0 = VQ(x0)) (the quantiser is deterministic
+    at evaluation) <= elbo_x + elbo_y, each a sum of per-stage KLs (discrete_bound).
+
+    Joint: one chain on the token grid, codes at the shifted time; the step factorises over
+    token and code positions given the state. The sampler's final call fills only the tokens;
+    the bound's chain also fills the remaining codes from that call's code logits, which
+    leaves the token output's distribution unchanged (nothing reads the codes afterwards).
+    Sequential: N_y = latent_steps (0: N) code stages with every token masked (t_x = 1),
+    then N token stages given the clean codes (t_y = 0), as `_sample_sequential`."""
+    ids, _ = model.quantizer(model.encoder(x0), update=False)
+    code_key, token_key = jax.random.split(key)
+    token_chain = discrete_bound.mask_chain(self.schedule, sampling.time_grid(steps, self.schedule.eps))
+    if self.sequential:
+      code_steps = latent_steps or steps
+      code_chain = discrete_bound.mask_chain(self.code_schedule, sampling.time_grid(code_steps, self.schedule.eps))
+      all_masked = jnp.full_like(x0, self.mask_id)
+
+      def code_stage(k, key):
+        codes_t = discrete_bound.chain_state(key, ids, code_chain, k, self.code_mask)
+        return {"elbo_y": self._stage_kls(model, x0, ids, all_masked, codes_t, 1.0, code_chain.times[k],
+                                          0.0, code_chain.reveal[k])[1]}
+
+      def token_stage(k, key):
+        x_t = discrete_bound.chain_state(key, x0, token_chain, k, self.mask_id)
+        return {"elbo_x": self._stage_kls(model, x0, ids, x_t, ids, token_chain.times[k], 0.0,
+                                          token_chain.reveal[k], 0.0)[0]}
+
+      terms = dict(discrete_bound.sum_over_stages(code_stage, code_steps + 1, code_key),
+                   **discrete_bound.sum_over_stages(token_stage, steps + 1, token_key))
+    else:
+      grid = sampling.time_grid(steps, self.schedule.eps)
+      code_chain = discrete_bound.mask_chain(self.code_schedule, gaussian.time_shift(grid, self.lat.time_shift))
+
+      def joint_stage(k, key):
+        x_key, y_key = jax.random.split(key)
+        x_t = discrete_bound.chain_state(x_key, x0, token_chain, k, self.mask_id)
+        codes_t = discrete_bound.chain_state(y_key, ids, code_chain, k, self.code_mask)
+        kl_x, kl_y = self._stage_kls(model, x0, ids, x_t, codes_t, token_chain.times[k], code_chain.times[k],
+                                     token_chain.reveal[k], code_chain.reveal[k])
+        return {"elbo_x": kl_x, "elbo_y": kl_y}
+
+      terms = discrete_bound.sum_over_stages(joint_stage, steps + 1, key)
+    return {"nelbo": terms["elbo_x"] + terms["elbo_y"], **terms}
+
+  def _stage_kls(self, model, x0, ids, x_t, codes_t, t_x, t_y, reveal_x, reveal_y):
+    """(token KL, code KL) [B] of one factorised stage: r * sum over masked of -log p."""
+    batch = x0.shape[0]
+    vectors, masked = self._code_vectors(model, codes_t)
+    logits, logits_y = model.denoiser(x_t, vectors, jnp.full((batch,), t_x), jnp.full((batch,), t_y), masked)
+    nll_x = masking.masked_token_nll(logits, x0, x_t, self.vocab_size, self.mask_id)
+    nll_y = masking.masked_token_nll(logits_y, ids, codes_t, self.code_mask, self.code_mask)
+    return reveal_x * nll_x.sum(-1), reveal_y * nll_y.sum(-1)
 
   def _code_log_probs(self, logits_y, codes, temperature):
     return sampling.tempered(masking.subs_log_probs(logits_y, codes, self.code_mask, self.code_mask), temperature)

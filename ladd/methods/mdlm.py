@@ -3,7 +3,7 @@
 import jax
 import jax.numpy as jnp
 
-from ladd.diffusion import masking, sampling
+from ladd.diffusion import discrete_bound, masking, sampling
 from ladd.diffusion.schedules import Schedule
 from ladd.models.dit import DiT, DiTConfig, train_flops_per_token
 
@@ -13,6 +13,7 @@ TRAIN_LOSSES = ("nelbo", "masked_ce")
 class MaskedDiffusion:
   name = "mdlm"
   nelbo_is_bound = True  # nelbo() bounds -log p(x0), so exp(NELBO/token) bounds perplexity
+  has_nstep_bound = True  # nstep_nelbo() bounds -log p(x0) under the N-step sampler
 
   def __init__(self, config, vocab_size):
     self.model_cfg = DiTConfig(vocab_size=vocab_size, seq_len=config.data.seq_len, **config.model)
@@ -56,6 +57,19 @@ class MaskedDiffusion:
     """Per-sequence NELBO in nats, [B] (one stratified t per sequence)."""
     token_nll, _, t = self._token_nll(model, x0, key)
     return {"nelbo": masking.nelbo_per_sequence(token_nll, t, self.schedule)}
+
+  def nstep_nelbo(self, model, x0, key, steps, latent_steps=0):
+    """The N-step bound of the temperature-1 ancestral sampler, per sequence [B] (nats):
+    stages k = 0..N, each with a fresh x_{t_k} (discrete_bound)."""
+    del latent_steps  # no diffused latent
+    chain = discrete_bound.mask_chain(self.schedule, sampling.time_grid(steps, self.schedule.eps))
+    return discrete_bound.sum_over_stages(lambda k, key: self._stage_bound(model, x0, key, chain, k), steps + 1, key)
+
+  def _stage_bound(self, model, x0, key, chain, k):
+    x_t = discrete_bound.chain_state(key, x0, chain, k, self.mask_id)
+    logits = model(x_t, jnp.full((x0.shape[0],), chain.times[k]))
+    nll = masking.masked_token_nll(logits, x0, x_t, self.vocab_size, self.mask_id)
+    return {"nelbo": chain.reveal[k] * nll.sum(-1)}
 
   def loss(self, model, x0, key, step):
     del step  # the MDLM objective does not change during training
