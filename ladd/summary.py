@@ -43,10 +43,6 @@ def summarize(totals, quantities, chars_per_token=0.0):
   return out
 
 
-def is_bound(summary, name="nelbo"):
-  return summary["kinds"].get(name) == "bound"
-
-
 def mark(value, bound, digits=1):
   """A table cell: a bound as is, anything else marked with a dagger (not a bound)."""
   return f"{value:.{digits}f}" + ("" if bound else "†")
