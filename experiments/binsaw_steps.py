@@ -16,6 +16,7 @@ import time
 from absl import app, flags
 
 from configs import binsaw, ladd_binsaw
+from ladd import summary
 from ladd.flags import WORKDIR
 from ladd.diffusion.sampling import SamplerSettings
 from ladd.evaluate import evaluate, nstep_bounds
@@ -65,9 +66,9 @@ def run_one(name, make_config, latent_steps, root):
   train_s = time.time() - start
   job, step, params, model_state = load_trained(workdir)
   ev = evaluate(job, params, model_state, num_batches=16, t_samples=4, seed=0)
-  row = {"name": name, "train_s": train_s, "nelbo": ev["nelbo_per_sequence"],
+  row = {"name": name, "train_s": train_s, "nelbo": ev["nelbo_per_sequence"], "kinds": ev["kinds"],
          "elbo_x": ev.get("elbo_x_per_sequence"), "elbo_y": ev.get("elbo_y_per_sequence"),
-         "entropy": ev["exact_entropy_per_sequence"], "bound": job.method.describe().get("bound", "variational bound"),
+         "entropy": ev["exact_entropy_per_sequence"], "bound": job.method.describe()["bound"],
          "steps": {}}
   bounds = nstep_bound_column(job, params, model_state, latent_steps)
   for n in steps_list():
@@ -99,12 +100,13 @@ def write_table(rows, path, command, seconds):
       "and the held-out N-step bound of that N-step sampler (method.md §7; nats/sequence, 4 batches, "
       "none where the method has no density) "
       "(sequential: token-network calls + latent calls; N_y = "
-      + ", ".join(f"{name} {ny}" for name, (_, ny) in RUNS.items() if ny) + ").", "",
-      "| method / schedule | NELBO (elbo_x + elbo_y) | " + " | ".join(f"N={n}" for n in steps_list()) + " |",
+      + ", ".join(f"{name} {ny}" for name, (_, ny) in RUNS.items() if ny) + "). The continuous-time NELBO (elbo_x + elbo_y) is a bound on -log p(x0) "
+      "unless marked †: † = a training objective, not a bound (ladd.summary; method.md §7).", "",
+      "| method / schedule | continuous NELBO (elbo_x + elbo_y) | " + " | ".join(f"N={n}" for n in steps_list()) + " |",
       "|---|---|" + "---|" * len(steps_list()),
   ]
   for row in rows:
-    nelbo = f"{row['nelbo']:.1f}"
+    nelbo = summary.mark(row["nelbo"], row["kinds"]["nelbo"] == "bound")
     if row["elbo_y"] is not None:
       nelbo += f" ({row['elbo_x']:.1f} + {row['elbo_y']:.1f})"
     cells = []

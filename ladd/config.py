@@ -56,7 +56,7 @@ def default_config():
       # a slower encoder gives it time (binsaw co_seq, README "latent check": latent information
       # at step 240 / 600 is 10.7 / 23.1 nats at 0.1, -2.0 / 22.8 at 1.0).
       encoder_lr_scale=0.1,
-      sigma0_mode="none", sigma0=0.1,  # encoder noise: none | fixed | learned (init sigma0)
+      sigma0_mode="none", sigma0=0.1,  # encoder noise: none (no bound) | fixed | learned (init sigma0; needs y_weighting="elbo")
       standardize=True,  # batch-normalise each encoder output dim (running stats at eval): a spread latent
       l2_norm=False,  # per-slot L2 normalisation of y0 (to norm sqrt(d))
       corruption_max=0.0,  # p_r ~ U[0, corruption_max] per sequence (reference 0.9); 0 = off

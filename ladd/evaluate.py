@@ -2,9 +2,11 @@
 
 Prints one JSON object (also written to `<workdir>/eval.json`): the continuous-time
 NELBO per token and per sequence (and any further terms the method's `nelbo` returns,
-e.g. elbo_x / elbo_y for latent methods), the perplexity bound exp(NELBO/token), bits per token,
-bits per character for text, and the estimator used; with `--bound_steps=N[,N...]` also the
-N-step bound of the N-step sampler at each N (one printed line each, and "nstep_bounds"). Sources with a known joint (toys) also
+e.g. elbo_x / elbo_y for latent methods), "kinds" (what each is: bound, objective or
+diagnostic, from the method), and only where it is a bound the perplexity bound
+exp(NELBO/token), bits per token and bits per character for text (ladd.summary), and the
+estimator used; with `--bound_steps=N[,N...]` also the N-step bound of the N-step
+sampler at each N (one printed line each, and "nstep_bounds"). Sources with a known joint (toys) also
 get exact sample metrics at each `--sample_steps` count and `<workdir>/exact_densities.png`.
 """
 
@@ -13,11 +15,10 @@ import json
 import os
 
 import jax
-import numpy as np
 from absl import app
 from absl import flags as absl_flags
 
-from ladd import checkpoint, exact_metrics, flags, nstep_bound
+from ladd import checkpoint, exact_metrics, flags, nstep_bound, summary
 from ladd.data.toys import JointDistribution
 from ladd.diffusion.sampling import SamplerSettings
 from ladd.errors import one_line_errors
@@ -41,25 +42,15 @@ def evaluate(job, params, model_state, num_batches, t_samples, seed):
   local = job.config.data.eval_batch_size // jax.process_count()
   batches = job.dataset.eval_batches(jax.process_index(), jax.process_count(), local, num_batches or None)
   totals = evaluate_nelbo(job.trainer, params, model_state, batches, seed, t_samples)
-  sequences, tokens = totals.pop("sequences"), totals.pop("tokens")
-  per_token = totals["nelbo"] / tokens
-  result = {}
-  for name, total in totals.items():  # "nelbo" plus any terms the method reports
-    result[f"{name}_per_token"] = total / tokens
-    result[f"{name}_per_sequence"] = total / sequences
-  if job.method.nelbo_is_bound:  # an ELBO-style sum (deterministic Co-LADD) bounds nothing
-    result["ppl_bound"] = float(np.exp(per_token))
+  result = summary.summarize(totals, job.method.quantities, job.dataset.chars_per_token)
   result.update({
-      "bits_per_token": per_token / np.log(2),
       "vocab_size": job.dataset.vocab_size,
       "estimator": {
-          "kind": "continuous-time NELBO, one stratified t per sequence per draw",
+          "kind": "continuous-time NELBO with end terms, one stratified t per sequence per draw",
           "schedule": job.method.schedule.kind, "t_samples": t_samples, "seed": seed,
-          "split": "held-out", "sequences": sequences, "tokens": tokens,
+          "split": "held-out", "sequences": totals["sequences"], "tokens": totals["tokens"],
       },
   })
-  if job.dataset.chars_per_token:
-    result["bits_per_char"] = result["bits_per_token"] / job.dataset.chars_per_token
   if job.dataset.exact is not None:
     result["exact_entropy_per_sequence"] = job.dataset.exact.entropy()
   return result

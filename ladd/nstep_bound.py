@@ -5,14 +5,11 @@ Every method offers `nstep_nelbo(model, x0, key, steps, latent_steps)` (per-sequ
 plus its terms) and `has_nstep_bound`.
 """
 
-import math
-
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
-from ladd import sharding
+from ladd import sharding, summary
 
 
 def nstep_eval_step(trainer, method, steps, latent_steps):
@@ -74,20 +71,15 @@ def estimator(method, steps, latent_steps, seed):
 
 
 def nstep_report(totals_by_steps, method, chars_per_token, latent_steps, seed):
-  """({"N": metrics} for eval.json, the lines to print), from evaluate_nstep_bounds' totals."""
+  """({"N": metrics} for eval.json, the lines to print), from evaluate_nstep_bounds' totals;
+  ladd.summary names the numbers, as for the continuous-time bound."""
   report, lines = {}, []
   for n, totals in totals_by_steps.items():
-    totals = dict(totals)
-    sequences, tokens = totals.pop("sequences"), totals.pop("tokens")
-    per_token = totals["nelbo"] / tokens
-    entry = {f"{name}_per_sequence": total / sequences for name, total in totals.items()}
-    with np.errstate(over="ignore"):  # an untrained latent can cost more than exp can hold: inf
-      ppl = float(np.exp(per_token))
-    entry.update(nelbo_per_token=per_token, ppl_bound=ppl, bits_per_token=per_token / math.log(2),
-                 estimator=dict(estimator(method, n, latent_steps, seed), sequences=sequences, tokens=tokens))
-    line = f"N-step bound (N={n}): {per_token:.4f} nats/token, PPL <= {entry['ppl_bound']:.4g}"
-    if chars_per_token:
-      entry["bits_per_char"] = entry["bits_per_token"] / chars_per_token
+    entry = summary.summarize(totals, {"nelbo": "bound"}, chars_per_token)
+    entry["estimator"] = dict(estimator(method, n, latent_steps, seed), sequences=totals["sequences"],
+                              tokens=totals["tokens"])
+    line = f"N-step bound (N={n}): {entry['nelbo_per_token']:.4f} nats/token, PPL <= {entry['ppl_bound']:.4g}"
+    if "bits_per_char" in entry:
       line += f", {entry['bits_per_char']:.4f} bits/char"
     report[str(n)] = entry
     lines.append(line + " (temperature-1 sampler)")

@@ -7,11 +7,10 @@ import os
 import time
 
 import jax
-import numpy as np
 from absl import app
 from ml_collections import config_flags
 
-from ladd import checkpoint, flags, metrics, sharding
+from ladd import checkpoint, flags, metrics, sharding, summary
 from ladd.errors import one_line_errors
 from ladd.job import build_job
 from ladd.trainer import evaluate_nelbo
@@ -19,23 +18,17 @@ from ladd.trainer import evaluate_nelbo
 CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/x.py:variant).", lock_config=True)
 
 CONSOLE_KEYS = ("loss", "nelbo_per_token", "grad_norm", "lr", "tokens_per_sec_per_device", "mfu",
-                "eval/nelbo_per_token", "eval/ppl_bound", "eval/bpc", "eval/latent_information_per_sequence")
+                "eval/nelbo_per_token", "eval/ppl_bound", "eval/bits_per_char", "eval/latent_information_per_sequence")
 
 
 def held_out_metrics(job, params, model_state, num_batches):
+  """ladd.summary's metrics of the held-out NELBO, as eval/<key> (numbers only)."""
   data = job.dataset
   local = job.config.data.eval_batch_size // jax.process_count()
   batches = data.eval_batches(jax.process_index(), jax.process_count(), local, num_batches)
   totals = evaluate_nelbo(job.trainer, params, model_state, batches, job.config.eval.seed)
-  per_token = totals["nelbo"] / totals["tokens"]
-  out = {"eval/nelbo_per_token": per_token}
-  if job.method.nelbo_is_bound:
-    out["eval/ppl_bound"] = float(np.exp(per_token))
-  for name in totals.keys() - {"nelbo", "sequences", "tokens"}:  # the method's own terms
-    out[f"eval/{name}_per_sequence"] = totals[name] / totals["sequences"]
-  if data.chars_per_token:
-    out["eval/bpc"] = per_token / np.log(2) / data.chars_per_token
-  return out
+  reported = summary.summarize(totals, job.method.quantities, data.chars_per_token)
+  return {f"eval/{k}": v for k, v in reported.items() if k != "kinds"}
 
 
 def train(config, workdir):

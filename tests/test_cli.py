@@ -60,7 +60,7 @@ def test_train_writes_metrics_checkpoints_and_events(trained):
   assert [r["step"] for r in records] == [2, 4]
   for key in ("loss", "nelbo_per_token", "lr", "grad_norm", "tokens_per_sec_per_device"):
     assert key in records[-1]
-  assert "eval/bpc" in records[-1] and "eval/ppl_bound" in records[-1]
+  assert "eval/bits_per_char" in records[-1] and "eval/ppl_bound" in records[-1]
   assert sorted(os.listdir(os.path.join(trained, "checkpoints"))) == ["2", "4"]
   assert glob.glob(os.path.join(trained, "tensorboard", "events.out.tfevents.*"))
 

@@ -194,7 +194,9 @@ def test_end_to_end_train_sample_evaluate(trained):
   assert result["elbo_x_per_sequence"] > 0
   assert np.isfinite(result["latent_information_per_sequence"])
   # a deterministic continuous encoder makes the sum ELBO-style: no perplexity "bound" from it
-  assert ("ppl_bound" in result) == (job.method.name == "di_ladd") == job.method.nelbo_is_bound
+  is_bound = job.method.quantities["nelbo"] == "bound"
+  assert ("ppl_bound" in result) == ("bits_per_token" in result) == (job.method.name == "di_ladd") == is_bound
+  assert result["kinds"]["nelbo"] == job.method.quantities["nelbo"]
   assert job.method.has_nstep_bound == (job.method.name == "di_ladd")  # co_seq's encoder is deterministic
   batches = list(job.dataset.eval_batches(0, 1, job.config.data.eval_batch_size, 1))
   if job.method.has_nstep_bound:  # the real networks on the N-step path: nearly fresh, so ~L log 2 + log K
@@ -225,4 +227,4 @@ def test_sample_entry_point_records_both_step_counts(trained):
   assert (record["method"], record["N_x"], record["N_y"]) == (job.method.name, 2, 3 if sequential else 2)
   assert record["nfe"] == {("co_ladd", True): 6, ("di_ladd", False): 3}[job.method.name, sequential]
   assert (record["seed"], record["temperature"], record["dtype"]) == (4, 1.0, job.config.model.dtype)
-  assert record["schedule"] == job.config.latent.schedule and record["bound"] == job.method.bound_kind
+  assert record["schedule"] == job.config.latent.schedule and record["bound"] == job.method.bound_statement

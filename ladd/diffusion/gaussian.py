@@ -30,6 +30,15 @@ class GaussianSchedule:
       return jnp.cos(jnp.pi / 2 * t) ** 2
     return 1.0 - t**2
 
+  def _g_derivative(self, t):
+    if self.kind == "sqrt":  # integrable 1/sqrt(1 - t) at t = 1; the floor only guards t == 1.0
+      return -0.5 * jax.lax.rsqrt(jnp.maximum(1.0 - t, 1e-12))
+    if self.kind == "linear":
+      return -jnp.ones_like(t)
+    if self.kind == "cosine":
+      return -jnp.pi / 2 * jnp.sin(jnp.pi * t)
+    return -2.0 * t
+
   def alpha_sq(self, t):
     return (1.0 - 2 * self.eps) * self._g(t) + self.eps
 
@@ -44,9 +53,10 @@ class GaussianSchedule:
     return a2 / (1.0 - a2)
 
   def elbo_weight(self, t):
-    """(1 - eps)/eps * 1/2 (SNR(t - eps) - SNR(t)): the weight that makes E_t[w ||y0hat - y0||^2]
-    (t ~ U[eps, 1]) the diffusion term of the latent's discrete-time ELBO with 1/eps steps."""
-    return (1.0 - self.eps) / self.eps * 0.5 * (self.snr(t - self.eps) - self.snr(t))
+    """-SNR'(t) / 2, analytic: int_{t0}^1 w(t) ||y0hat - y0||^2 dt is the continuous-time
+    diffusion term of the latent's ELBO (VDM) on [t0, 1]. Defined for t in [0, 1] only."""
+    a2 = self.alpha_sq(t)
+    return -0.5 * (1.0 - 2 * self.eps) * self._g_derivative(t) / jnp.square(1.0 - a2)
 
   def prior_kl(self, y0):
     """KL(q(y_1 | y0) || N(0, I)) summed over all latent dims: [B]."""
@@ -54,6 +64,13 @@ class GaussianSchedule:
     sq = jnp.sum(jnp.square(y0).reshape(y0.shape[0], -1), -1)
     dims = y0[0].size
     return 0.5 * (a2 * sq + dims * (s2 - 1.0 - jnp.log(s2)))
+
+  def decoder_nll(self, t, dims):
+    """E[-log N(y0; y_t / alpha_t, sigma_t^2 / alpha_t^2 I)] under y_t ~ q(y_t | y0), exact:
+    1/2 d log(2 pi e sigma_t^2 / alpha_t^2), the Gaussian decoder at the latent path's end
+    (about 1/2 d log(2 pi e eps / (1 - eps)) at t = 0)."""
+    a2 = self.alpha_sq(t)
+    return 0.5 * dims * jnp.log(2 * jnp.pi * jnp.e * (1.0 - a2) / a2)
 
 
 def time_shift(t, shift):

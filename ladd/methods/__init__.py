@@ -2,8 +2,9 @@
 
 A method object offers `init_model(rngs)`, `loss(model, x0, key, step)`, `nelbo(model, x0, key)`,
 `sample(model, key, num_samples, settings)`, `latent_steps(settings)` (N_y or None),
-`flops_per_token`, `describe()`, `nelbo_is_bound`, `nstep_nelbo(model, x0, key, steps,
-latent_steps)` with `has_nstep_bound` (the N-step sampler's own bound, method.md §7) and `lr_scales`
+`flops_per_token`, `describe()`, `quantities` (what each nelbo output is: bound, objective or
+diagnostic; ladd.summary reads it), `nstep_nelbo(model, x0, key, steps, latent_steps)` with
+`has_nstep_bound` (the N-step sampler's own bound, method.md §7) and `lr_scales`
 (learning-rate multipliers of named top-level submodules, usually empty); the
 trainer and the entry points use nothing else, so new methods plug in by name here.
 """

@@ -9,7 +9,16 @@ network with all tokens masked), then the tokens in N_x steps given the clean la
 
 Losses are sums over a sequence, normalised per token like MDLM's. `nelbo()` reports
 elbo_x (the token NELBO given the latent) and elbo_y (the latent's own bound) separately
-from the training loss; `describe()["bound"]` says whether their sum bounds -log p(x0).
+from the training loss; `quantities` says whether their sum bounds -log p(x0).
+
+The reported bound follows the sampler's one noise path u: 1 -> eps, t_x = u, t_y =
+time_shift(u) (joint: both channels at once; sequential: the latent phase, then the token
+phase, two separate integrals estimated at the same u), with dt_y/du in the latent weight,
+beta(t) masking and the end terms of ladd.diffusion.masking: the token final fill at t_x =
+eps; Di sequential also the code fill (its code phase fills the codes), Di joint none (the
+sampler never fills codes: those still masked at the end are not scored, as they need not
+be generated); Co the Gaussian decoder at t_y(eps), the prior KL at 1 and, with a
+stochastic encoder, -H(q(y0 | x0)). Training keeps alpha(t) masking without end terms.
 """
 
 import jax
@@ -42,7 +51,6 @@ class LatentDiffusion:
   token phase. Subclasses set `kind` and implement `_terms` and the samplers."""
 
   kind = ""
-  nelbo_is_bound = True
 
   def __init__(self, config, vocab_size):
     lat, d = config.latent, config.diffusion
@@ -99,7 +107,13 @@ class LatentDiffusion:
     return {"method": self.name, "schedule": self.lat.schedule, "mask_schedule": self.schedule.kind,
             "latent_slots": self.spec.slots, "latent_dim": self.spec.dim,
             "time_conditioning": self.model_cfg.time_conditioning, "dtype": self.model_cfg.dtype,
-            "bound": self.bound_kind}
+            "bound": self.bound_statement}
+
+  @property
+  def quantities(self):
+    """What each output of nelbo() is (see MaskedDiffusion.quantities)."""
+    return {"nelbo": "bound" if self.is_bound else "objective", "elbo_x": "diagnostic",
+            "elbo_y": "diagnostic", "latent_information": "diagnostic"}
 
   def latent_steps(self, settings):
     """N_y: the sequential schedule's own latent steps; the joint one shares the N_x grid."""
@@ -107,15 +121,22 @@ class LatentDiffusion:
 
   # --- pieces shared by both variants -------------------------------------------------
 
-  def _times(self, key, batch):
-    """(t_x, t_y, dt_y/du): t_y is t_x, or an independent stratified draw, then shifted."""
+  def _times(self, key, batch, training):
+    """(t_x, t_y, dt_y/du) with t_y = time_shift(u). u = t_x: the sampler's one noise path;
+    training may draw u independently (latent.independent_times, so the token model also
+    sees clean latents), which the bound may not: averaged over independent times the
+    integrand is the ELBO of no sampler (5/6 log V < log V on x1 = x2 ~ U{V}, y = x1)."""
     kx, ky, kp = jax.random.split(key, 3)
     t_x = masking.stratified_times(kx, batch, self.schedule.eps)
     u = t_x
-    if self.lat.independent_times:
+    if training and self.lat.independent_times:
       u = jax.random.permutation(kp, masking.stratified_times(ky, batch, self.schedule.eps))
+    return (t_x, *self._shifted(u))
+
+  def _shifted(self, u):
+    """(t_y = time_shift(u), dt_y/du)."""
     a = self.lat.time_shift
-    return t_x, gaussian.time_shift(u, a), a / jnp.square(1.0 + (a - 1.0) * u)
+    return gaussian.time_shift(u, a), a / jnp.square(1.0 + (a - 1.0) * u)
 
   def _corruption(self, key, x_t):
     """p_r ~ U[0, corruption_max] per sequence; drop masked positions with prob p_r."""
@@ -142,14 +163,29 @@ class LatentDiffusion:
       return jnp.ones((batch,), bool)
     return jax.random.uniform(key, (batch,)) >= self.lat.dropout
 
-  def _token_terms(self, logits, x0, x_t, t_x):
-    """(per-sequence token NELBO, per-sequence training loss of the token channel)."""
+  def _token_terms(self, logits, x0, x_t, t_x, training):
+    """(per-sequence token NELBO, per-sequence training loss of the token channel); the
+    evaluation NELBO is the bound's integral term (the fill term comes from _token_fill)."""
     nll = masking.masked_token_nll(logits, x0, x_t, self.vocab_size, self.mask_id)
     nelbo = masking.nelbo_per_sequence(nll, t_x, self.schedule)
-    return nelbo, (nelbo if self.train_loss == "nelbo" else nll.sum(-1))
+    loss = nelbo if self.train_loss == "nelbo" else nll.sum(-1)
+    return (nelbo if training else masking.diffusion_term(nll, t_x, self.schedule)), loss
 
-  def _masked_tokens(self, key, x0, t_x):
-    return masking.mask_tokens(key, x0, self.schedule.alpha(t_x), self.mask_id)
+  def _masked_tokens(self, key, x0, t_x, training):
+    keep = self.schedule.alpha(t_x) if training else masking.keep_probability(self.schedule, t_x)
+    return masking.mask_tokens(key, x0, keep, self.mask_id)
+
+  def _end_times(self, batch):
+    """(t_x, t_y) at the end of the sampler's path, u = eps: where the final fill happens."""
+    t_x = jnp.full((batch,), self.schedule.eps, jnp.float32)
+    return t_x, gaussian.time_shift(t_x, self.lat.time_shift)
+
+  def _token_fill(self, key, x0, latent_logits):
+    """The token final-fill term [B]: latent_logits(x_fill, t_x_end) -> token logits."""
+    t_end, _ = self._end_times(x0.shape[0])
+    x_fill = self._masked_tokens(key, x0, t_end, training=False)
+    logits = latent_logits(x_fill, t_end)
+    return masking.fill_term(masking.masked_token_nll(logits, x0, x_fill, self.vocab_size, self.mask_id))
 
   def _combine(self, loss_x, loss_y, extra, num_tokens):
     """w_x L_x + w_y L_y + extra, with the stage selecting the channels."""
@@ -176,6 +212,7 @@ class LatentDiffusion:
     return sampling.tempered(masking.subs_log_probs(logits, x_t, self.vocab_size, self.mask_id), temperature)
 
   def nelbo(self, model, x0, key):
+    """Per-sequence nelbo = elbo_x + elbo_y [B], a bound where `quantities` says so."""
     terms = self._terms(model, x0, key, training=False)
     return {"nelbo": terms["elbo_x"] + terms["elbo_y"], "elbo_x": terms["elbo_x"], "elbo_y": terms["elbo_y"],
             "latent_information": self._latent_information(model, x0, terms["latent_input"])}
@@ -214,26 +251,35 @@ class CoLadd(LatentDiffusion):
   def __init__(self, config, vocab_size):
     super().__init__(config, vocab_size)
     self.latent_schedule = gaussian.GaussianSchedule(config.latent.gaussian_schedule, config.diffusion.eps)
+    if config.latent.sigma0_mode == "learned" and config.latent.y_weighting != "elbo":
+      raise ValueError("latent.sigma0_mode='learned' needs latent.y_weighting='elbo': sigma0 learns from its"
+                       " part of the ELBO (the weighted L_y and the encoder entropy); any other weighting"
+                       " of L_y against the entropy moves it to an arbitrary value")
 
   @property
-  def nelbo_is_bound(self):
+  def is_bound(self):
+    """A deterministic continuous latent has entropy -inf under q: no bound (method.md §7)."""
     return self.lat.sigma0_mode != "none"
 
   @property
-  def bound_kind(self):
-    if not self.nelbo_is_bound:
-      return "elbo-style only (deterministic continuous encoder: elbo_y is a density term)"
-    return "variational bound (stochastic encoder; elbo_y includes -H(q(y0|x0)))"
+  def bound_statement(self):
+    if not self.is_bound:
+      return "none: deterministic continuous encoder, elbo_y is a density term (an objective)"
+    return "variational bound (stochastic encoder; elbo_y includes the decoder term and -H(q(y0|x0)))"
 
   def _clean_latent(self, model, x0, x_t, key, training):
+    """(y0, the L_y target): y0 = E(x0) + sigma0 xi; the target passes gradients to sigma0
+    only, never to the encoder's mean (see the choice in _terms)."""
     enc_key, noise_key = jax.random.split(key)
     y0 = self._encode(model, x0, x_t, enc_key, training)
     if self.lat.l2_norm:  # norm sqrt(d) per slot: the scale of a N(0, I) draw
       y0 = y0 * jax.lax.rsqrt(jnp.sum(jnp.square(y0), -1, keepdims=True) + 1e-12) * jnp.sqrt(y0.shape[-1])
+    target = jax.lax.stop_gradient(y0)
     sigma0 = self._sigma0(model)
     if sigma0 is not None:
-      y0 = y0 + sigma0 * jax.random.normal(noise_key, y0.shape)
-    return y0
+      noise = sigma0 * jax.random.normal(noise_key, y0.shape)
+      y0, target = y0 + noise, target + noise
+    return y0, target
 
   @property
   def has_nstep_bound(self):
@@ -253,7 +299,7 @@ class CoLadd(LatentDiffusion):
     t = eps (N_y + 1 calls; the sampler returns y0-hat at its N_y-th), then N token stages
     given y0 at t_y = 0."""
     enc_key, y_key, x_key = jax.random.split(key, 3)
-    y0 = self._clean_latent(model, x0, None, enc_key, training=False)
+    y0, _ = self._clean_latent(model, x0, None, enc_key, training=False)
     dims = y0[0].size
     batch = x0.shape[0]
     full = lambda v: jnp.full((batch,), v)
@@ -311,20 +357,35 @@ class CoLadd(LatentDiffusion):
       return jnp.exp(model.encoder.log_sigma0[...])
     return None
 
-  def _latent_bound(self, model, y0, sq_err, t_y, dt_y):
-    """Per-sequence elbo_y: ELBO-weighted diffusion term + prior KL (- encoder entropy)."""
-    bound = self.latent_schedule.elbo_weight(t_y) * dt_y * sq_err + self.latent_schedule.prior_kl(y0)
+  def _encoder_entropy(self, model, dims):
+    """H(q(y0 | x0)) per sequence for the Gaussian encoder, or None when deterministic."""
     sigma0 = self._sigma0(model)
-    if sigma0 is not None:
-      bound = bound - y0[0].size * 0.5 * jnp.log(2 * jnp.pi * jnp.e * sigma0**2)
-    return bound
+    return None if sigma0 is None else dims * 0.5 * jnp.log(2 * jnp.pi * jnp.e * sigma0**2)
+
+  def _latent_bound(self, model, y0, sq_err, t_y, dt_y):
+    """Per-sequence elbo_y along the path t_y(u), u in [eps, 1]: the continuous-time
+    diffusion term (1 - eps) (-SNR'(t_y)/2) dt_y ||y0hat - y0||^2 (dt_y: dt_y/du times any
+    importance weight of u's draw), the prior KL at t_y = 1, the Gaussian decoder at the
+    path's end t_y(eps), minus the encoder entropy."""
+    schedule, dims = self.latent_schedule, y0[0].size
+    _, t_end = self._end_times(y0.shape[0])
+    bound = ((1.0 - self.schedule.eps) * schedule.elbo_weight(t_y) * dt_y * sq_err
+             + schedule.prior_kl(y0) + schedule.decoder_nll(t_end, dims))
+    entropy = self._encoder_entropy(model, dims)
+    return bound if entropy is None else bound - entropy
 
   def _terms(self, model, x0, key, training):
-    keys = jax.random.split(key, 6)
+    keys = jax.random.split(key, 6)  # as before the bound's end terms: training draws are unchanged
+    end_keys = jax.random.split(jax.random.fold_in(key, 6), 2)
     batch = x0.shape[0]
-    t_x, t_y, dt_y = self._times(keys[0], batch)
-    x_t = self._masked_tokens(keys[1], x0, t_x)
-    y0 = self._clean_latent(model, x0, x_t, keys[2], training)
+    if training:
+      t_x, t_y, dt_y = self._times(keys[0], batch, training)
+      u_weight = 1.0
+    else:  # one path u -> (u, t_y(u)), u log-uniform for the Gaussian term's variance
+      t_x, u_weight = masking.log_uniform_times(keys[0], batch, self.schedule.eps)
+      t_y, dt_y = self._shifted(t_x)
+    x_t = self._masked_tokens(keys[1], x0, t_x, training)
+    y0, target = self._clean_latent(model, x0, x_t, keys[2], training)
     keep = self._keep_latent(keys[3], batch, training)
     y0_in = jnp.where(keep[:, None, None], y0, 0.0)
     y_t = jnp.where(keep[:, None, None], gaussian.noisy(self.latent_schedule, y0, jax.random.normal(keys[4], y0.shape), t_y), 0.0)
@@ -333,17 +394,28 @@ class CoLadd(LatentDiffusion):
       y0_hat = model.latent_denoiser(y_t, t_y)
     else:
       logits, y0_hat = model.denoiser(x_t, y_t, t_x, t_y)
-    elbo_x, loss_x = self._token_terms(logits, x0, x_t, t_x)
+    elbo_x, loss_x = self._token_terms(logits, x0, x_t, t_x, training)
+    if not training:
+      _, t_y_end = self._end_times(batch)
+      if self.sequential:  # the token phase runs with the clean latent
+        fill_logits = lambda x, t: model.denoiser(x, y0, t, jnp.zeros_like(t))[0]
+      else:  # the final call sees the latent where the path ends
+        y_end = gaussian.noisy(self.latent_schedule, y0, jax.random.normal(end_keys[0], y0.shape), t_y_end)
+        fill_logits = lambda x, t: model.denoiser(x, y_end, t, t_y_end)[0]
+      elbo_x = u_weight * elbo_x + self._token_fill(end_keys[1], x0, fill_logits)
     sq_err = per_sequence_sq(y0_hat, y0)
     weight = self.latent_schedule.elbo_weight(t_y) * dt_y if self.lat.y_weighting == "elbo" else 1.0
     # (choice) L_y trains the latent denoiser only: through its target it would also pull
     # the encoder toward a constant y0, which is trivially predictable (seen on binsaw:
     # the latent collapsed and carried nothing). The encoder learns from L_x (and the KL).
-    target_err = per_sequence_sq(y0_hat, jax.lax.stop_gradient(y0))
-    loss_y = jnp.where(keep, weight * target_err, 0.0)
-    kl = 0.5 * self.lat.kl_weight * jnp.sum(jnp.square(y0))
-    return {"elbo_x": elbo_x, "elbo_y": self._latent_bound(model, y0, sq_err, t_y, dt_y),
-            "loss_x": loss_x, "loss_y": loss_y, "extra": kl, "latent_input": (y0, None),
+    # A learned sigma0 does get L_y's gradient, with the entropy below: both are its part
+    # of the ELBO, and without the entropy the loss only ever shrinks sigma0 (collapse).
+    loss_y = jnp.where(keep, weight * per_sequence_sq(y0_hat, target), 0.0)
+    extra = 0.5 * self.lat.kl_weight * jnp.sum(jnp.square(y0))
+    if self.lat.sigma0_mode == "learned":
+      extra = extra - batch * self._encoder_entropy(model, y0[0].size)
+    return {"elbo_x": elbo_x, "elbo_y": self._latent_bound(model, y0, sq_err, t_y, u_weight * dt_y),
+            "loss_x": loss_x, "loss_y": loss_y, "extra": extra, "latent_input": (y0, None),
             "metrics": {"latent_mse": sq_err.mean() / y0[0].size, "latent_norm": jnp.sqrt(jnp.mean(jnp.square(y0)))}}
 
   def _empty_latent_input(self, model, batch):
@@ -415,7 +487,8 @@ class DiLadd(LatentDiffusion):
 
   name = "di_ladd"
   kind = "di"
-  bound_kind = "variational bound (deterministic quantiser: -log p(x0) <= elbo_x + elbo_y)"
+  is_bound = True  # deterministic quantiser: -log p(x0) <= -log p(x0, VQ(x0)) <= elbo_x + elbo_y
+  bound_statement = "variational bound (deterministic quantiser: -log p(x0) <= elbo_x + elbo_y)"
 
   def __init__(self, config, vocab_size):
     super().__init__(config, vocab_size)
@@ -430,20 +503,32 @@ class DiLadd(LatentDiffusion):
   def _empty_latent_input(self, model, batch):
     return self._code_vectors(model, jnp.full((batch, self.spec.slots), self.code_mask, jnp.int32))
 
-  def _code_terms(self, logits_y, ids, codes_t, t_y):
-    nll = masking.masked_token_nll(logits_y, ids, codes_t, self.code_mask, self.code_mask)
+  def _code_nll(self, logits_y, ids, codes_t):
+    return masking.masked_token_nll(logits_y, ids, codes_t, self.code_mask, self.code_mask)
+
+  def _code_terms(self, logits_y, ids, codes_t, t_y, dt_y, training):
+    """(per-sequence code NELBO, its training loss). Evaluation: the bound's integral over
+    u, so the code rate w_y(t_y) carries dt_y/du (a time change of a masked process needs
+    its Jacobian like any other: without it a = 0.5 / 2 gave 1.83 / 2.30 for log 8 = 2.08)."""
+    nll = self._code_nll(logits_y, ids, codes_t)
+    if not training:
+      return masking.diffusion_term(nll, t_y, self.code_schedule, dt_y), nll.sum(-1)
     return masking.nelbo_per_sequence(nll, t_y, self.code_schedule), nll.sum(-1)
 
+  def _masked_codes(self, key, ids, t_y, training):
+    keep = self.code_schedule.alpha(t_y) if training else masking.keep_probability(self.code_schedule, t_y)
+    return masking.mask_tokens(key, ids, keep, self.code_mask)
+
   def _terms(self, model, x0, key, training):
-    keys = jax.random.split(key, 6)
+    keys = jax.random.split(key, 6)  # as before the bound's end terms: training draws are unchanged
     batch = x0.shape[0]
-    t_x, t_y, _ = self._times(keys[0], batch)  # masked processes need no density correction
-    x_t = self._masked_tokens(keys[1], x0, t_x)
+    t_x, t_y, dt_y = self._times(keys[0], batch, training)
+    x_t = self._masked_tokens(keys[1], x0, t_x, training)
     z_e = self._encode(model, x0, x_t, keys[2], training)
     ids, z_q = model.quantizer(z_e, update=training)
     z = vq.straight_through(z_e, z_q)
     keep = self._keep_latent(keys[3], batch, training)
-    codes_t = masking.mask_tokens(keys[4], ids, self.code_schedule.alpha(t_y), self.code_mask)
+    codes_t = self._masked_codes(keys[4], ids, t_y, training)
     codes_t = jnp.where(keep[:, None], codes_t, self.code_mask)  # dropped: every code masked
     if self.sequential:
       # tokens given clean codes (t_y = 0); codes given all-masked tokens (t_x = 1)
@@ -453,8 +538,11 @@ class DiLadd(LatentDiffusion):
       _, logits_y = model.denoiser(all_masked, z, jnp.ones_like(t_x), t_y, codes_t == self.code_mask)
     else:
       logits, logits_y = model.denoiser(x_t, z, t_x, t_y, codes_t == self.code_mask)
-    elbo_x, loss_x = self._token_terms(logits, x0, x_t, t_x)
-    elbo_y, nll_y = self._code_terms(logits_y, ids, codes_t, t_y)
+    elbo_x, loss_x = self._token_terms(logits, x0, x_t, t_x, training)
+    elbo_y, nll_y = self._code_terms(logits_y, ids, codes_t, t_y, dt_y, training)
+    if not training:
+      end_keys = jax.random.split(jax.random.fold_in(key, 6), 2)
+      elbo_x, elbo_y = self._end_terms(model, x0, ids, z, end_keys, elbo_x, elbo_y)
     loss_y = jnp.where(keep, elbo_y if self.train_loss == "nelbo" else nll_y, 0.0)
     commit = vq.commitment_loss(z_e, z_q, self.lat.commitment) * x0.shape[0]
     return {"elbo_x": elbo_x, "elbo_y": elbo_y, "loss_x": loss_x, "loss_y": loss_y, "extra": commit,
@@ -462,6 +550,24 @@ class DiLadd(LatentDiffusion):
             "metrics": dict(vq.usage_metrics(ids, self.code_mask), commitment=commit / batch)}
 
   has_nstep_bound = True
+
+  def _end_terms(self, model, x0, ids, z, keys, elbo_x, elbo_y):
+    """Adds the final fills: tokens at t_x = eps (joint: with the codes where the path
+    ends; sequential: with the clean codes) and, sequential only, the code phase's own fill
+    at t_y(eps) with every token masked. z carries the clean code vectors; masked slots are
+    replaced inside the denoiser."""
+    batch = x0.shape[0]
+    t_x_end, t_y_end = self._end_times(batch)
+    codes_end = self._masked_codes(keys[0], ids, t_y_end, training=False)
+    if self.sequential:
+      clean = jnp.zeros(ids.shape, bool)
+      fill_logits = lambda x, t: model.denoiser(x, z, t, jnp.zeros_like(t), clean)[0]
+      all_masked = jnp.full_like(x0, self.mask_id)
+      _, logits_y = model.denoiser(all_masked, z, jnp.ones_like(t_x_end), t_y_end, codes_end == self.code_mask)
+      elbo_y = elbo_y + masking.fill_term(self._code_nll(logits_y, ids, codes_end))
+    else:
+      fill_logits = lambda x, t: model.denoiser(x, z, t, t_y_end, codes_end == self.code_mask)[0]
+    return elbo_x + self._token_fill(keys[1], x0, fill_logits), elbo_y
 
   def sample(self, model, key, num_samples, settings):
     if self.sequential:
