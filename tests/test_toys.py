@@ -52,8 +52,13 @@ def test_dependency_tables_have_the_stated_structure():
 def test_dataset_examples_are_reproducible_and_bad_settings_rejected():
   dataset = build_dataset(data_config("parity"), None)
   assert dataset.vocab_size == 2 and dataset.exact.metrics == ("kl", "tv")
-  np.testing.assert_array_equal(dataset.train_examples[5], dataset.train_examples[5])
   first = np.stack([dataset.train_examples[i] for i in range(64)])
+  rebuilt = build_dataset(data_config("parity"), None)
+  np.testing.assert_array_equal(np.stack([rebuilt.train_examples[i] for i in range(64)]), first)
+  reseeded = build_dataset(data_config("parity", shuffle_seed=1), None)
+  assert (np.stack([reseeded.train_examples[i] for i in range(64)]) != first).any()
+  held_out = np.stack([dataset.eval_examples[i] for i in range(64)])
+  assert (held_out != first).any()  # the splits are distinct streams
   assert np.all(first[:, 3] == first[:, :3].sum(1) % 2)
   with pytest.raises(DataError, match="seq_len=2"):
     toys.toy_task(data_config("checkerboard", seq_len=3))
