@@ -17,7 +17,6 @@ from absl import app
 from absl import flags as absl_flags
 
 from ladd import checkpoint, exact_metrics, flags
-from ladd.data.toys import JointDistribution
 from ladd.diffusion.sampling import SamplerSettings
 from ladd.errors import one_line_errors
 from ladd.job import load_trained
@@ -119,7 +118,7 @@ def main(argv):
     cfg = job.config.eval
     result = evaluate(job, params, model_state, cfg.num_batches if NUM_BATCHES.value is None else NUM_BATCHES.value,
                       T_SAMPLES.value or cfg.t_samples, cfg.seed if SEED.value is None else SEED.value)
-    if isinstance(job.dataset.exact, JointDistribution):
+    if job.dataset.exact is not None and job.dataset.exact.metrics:  # a table to score samples against
       steps = [int(s) for s in SAMPLE_STEPS.value]
       plot = os.path.join(workdir, "exact_densities.png") if jax.process_index() == 0 else None
       result["exact_sample_metrics"], _ = exact_sample_metrics(job, params, model_state, steps, job.config.sample.seed, plot)
