@@ -31,5 +31,20 @@ def tiny_config(**mesh):
   return c
 
 
+# Every method's networks, tiny: MDLM's DiT, Co-LADD (joint; sequential adds g_psi), Di-LADD
+# (EMA codebook), VADD and VMD (recognition model).
+NETWORKS = ("mdlm", "co_joint", "co_seq", "di_joint", "vadd", "vmd")
+
+
+def method_config(network, **mesh):
+  """tiny_config(**mesh) running `network` (one of NETWORKS)."""
+  from configs.ladd_binsaw import apply_ladd
+  c = tiny_config(**mesh)
+  if network.startswith(("co_", "di_")):
+    return apply_ladd(c, network + "_tiny", "binsaw")
+  c.method = network
+  return c
+
+
 def host_tree(tree):
   return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
