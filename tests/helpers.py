@@ -7,6 +7,7 @@ import jax
 import numpy as np
 
 from configs import binsaw
+from configs.ladd_binsaw import apply_ladd
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
@@ -38,7 +39,6 @@ NETWORKS = ("mdlm", "co_joint", "co_seq", "di_joint", "vadd", "vmd")
 
 def method_config(network, **mesh):
   """tiny_config(**mesh) running `network` (one of NETWORKS)."""
-  from configs.ladd_binsaw import apply_ladd
   c = tiny_config(**mesh)
   if network.startswith(("co_", "di_")):
     return apply_ladd(c, network + "_tiny", "binsaw")
