@@ -170,6 +170,23 @@ def test_codebook_decay_is_the_ema_rate():
   np.testing.assert_allclose(quantizer.counts[...], [decay + (1 - decay) * 4] + [decay] * 7, rtol=1e-6)
 
 
+def test_commitment_weights_the_encoder_to_code_distance():
+  beta = 2.0
+  method = build_method(ladd_config("di_joint", commitment=beta), 2)
+  x0 = binsaw_batch()
+
+  @nnx.jit
+  def extra_and_distance(m):
+    terms = method._terms(m, x0, jax.random.key(0), training=False)
+    z_e = m.encoder(x0)
+    _, z_q = m.quantizer(z_e, update=False)
+    return terms["extra"], jnp.sum(jnp.square(z_e - z_q))
+
+  extra, distance = extra_and_distance(eager_model(method))
+  # the per-sequence sum of beta ||z_e - sg(z_q)||^2 over the S' = 1 slot
+  assert float(distance) > 0 and float(extra) == pytest.approx(beta * float(distance), rel=1e-5)
+
+
 def test_optimiser_switches_clip_and_set_adam_moments_and_the_lr_floor():
   config = ladd_config("co_joint")
   config.optim.update(grad_clip=2.0, b1=0.5, b2=0.75, warmup_steps=2, lr=1.0, min_lr_ratio=0.25)
