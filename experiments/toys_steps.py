@@ -59,8 +59,8 @@ def product_of_marginals(probs):
 
 
 def reference_rows(config):
-  _, draw, exact = toys.toy_task(config.data)
-  data = draw(np.random.default_rng(SEED), config.eval.exact_samples)
+  _, exact = toys.toy_task(config.data)
+  data = exact.sample(np.random.default_rng(SEED), config.eval.exact_samples)
   floor = exact_metrics.sample_metrics(data, exact.probs, exact.metrics, config.eval.exact_bins)
   product = product_of_marginals(exact.probs)
   bins = config.eval.exact_bins

@@ -19,7 +19,6 @@ from absl import app
 from absl import flags as absl_flags
 
 from ladd import checkpoint, exact_metrics, flags, nstep_bound, summary
-from ladd.data.toys import JointDistribution
 from ladd.diffusion.sampling import SamplerSettings
 from ladd.errors import one_line_errors
 from ladd.job import load_trained
@@ -136,7 +135,7 @@ def main(argv):
     bound_lines = []
     if bound_steps:
       result["nstep_bounds"], bound_lines = nstep_bounds(job, params, model_state, bound_steps, num_batches, seed)
-    if isinstance(job.dataset.exact, JointDistribution):
+    if job.dataset.exact is not None and job.dataset.exact.metrics:  # a table to score samples against
       steps = [int(s) for s in SAMPLE_STEPS.value]
       plot = os.path.join(workdir, "exact_densities.png") if jax.process_index() == 0 else None
       result["exact_sample_metrics"], _ = exact_sample_metrics(job, params, model_state, steps, job.config.sample.seed, plot)

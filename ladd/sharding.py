@@ -24,6 +24,7 @@ LOGICAL_RULES = (
     ("latent", None),  # LADD latent vector dims d (small: replicated)
     ("codes", None),  # Di-LADD code ids (codebook size K + MASK)
     ("position", None),  # absolute position tables (short: replicated; their embed dim shards)
+    ("mask_state", None),  # visible / masked (the VAE recognition model's input embedding)
     ("freq", "fsdp"),
 )
 

@@ -8,6 +8,7 @@ import numpy as np
 
 from configs import binsaw
 from configs import toys as toy_configs
+from configs.ladd_binsaw import apply_ladd
 from ladd import sharding
 from ladd.data import build_dataset, toys
 from ladd.diffusion.sampling import SamplerSettings
@@ -39,6 +40,20 @@ def tiny_config(**mesh):
   return c
 
 
+# Every method's networks, tiny: MDLM's DiT, Co-LADD (joint; sequential adds g_psi), Di-LADD
+# (EMA codebook), VADD and VMD (recognition model).
+NETWORKS = ("mdlm", "co_joint", "co_seq", "di_joint", "vadd", "vmd")
+
+
+def method_config(network, **mesh):
+  """tiny_config(**mesh) running `network` (one of NETWORKS)."""
+  c = tiny_config(**mesh)
+  if network.startswith(("co_", "di_")):
+    return apply_ladd(c, network + "_tiny", "binsaw")
+  c.method = network
+  return c
+
+
 def host_tree(tree):
   return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
 
@@ -66,10 +81,10 @@ def one_step_marginals_on_product(method, position_embedding, steps=300, num_sam
   method = build_method(config, dataset.vocab_size)
   job = Job(config, dataset, method, mesh, build_trainer(config, method, mesh))
   state = job.trainer.init()
-  _, draw, _ = toys.toy_task(config.data)  # the source's own generator: the pipeline is tested elsewhere
+  _, exact = toys.toy_task(config.data)  # the source's own generator: the pipeline is tested elsewhere
   rng = np.random.default_rng(0)
   for _ in range(steps):
-    state, _ = job.trainer.train_step(state, sharding.global_batch(draw(rng, config.data.batch_size), mesh))
+    state, _ = job.trainer.train_step(state, sharding.global_batch(exact.sample(rng, config.data.batch_size), mesh))
   tokens, _ = sample(job, state["params"], state["model_state"], SamplerSettings(steps=1), num_samples, num_samples, 0)
   probs = dataset.exact.probs
   truth = np.stack([probs.sum(tuple(a for a in range(probs.ndim) if a != i)) for i in range(probs.ndim)])

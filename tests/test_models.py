@@ -1,4 +1,4 @@
-"""The DiT backbone: logical names on every parameter, zero-initialised head,
+"""The DiT backbone: logical names on every parameter of every method's networks, zero-initialised head,
 time-conditioning and position-embedding switches, rematerialisation and bf16 compute."""
 
 import dataclasses
@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from ladd.methods import build_method
 from ladd.models.dit import DiT, DiTConfig
 from ladd.sharding import LOGICAL_RULES
+from tests.helpers import NETWORKS, method_config
 
 CFG = DiTConfig(vocab_size=11, seq_len=16, d_model=32, n_layers=2, n_heads=2, cond_dim=16, vocab_pad_multiple=8)
 
@@ -22,16 +24,19 @@ def build(cfg=CFG, seed=0):
     return nnx.jit(lambda: DiT(cfg, nnx.Rngs(seed)))()
 
 
-def test_every_parameter_has_known_logical_axis_names():
+@pytest.mark.parametrize("network", NETWORKS)
+def test_every_parameter_has_known_logical_axis_names(network):
+  """Every method's networks (DiT, LADD encoder / MM-DiT / g_psi, VAE recognition model)."""
   known = {name for name, _ in LOGICAL_RULES}
   with nnx.use_eager_sharding(False):
-    _, params = nnx.split(nnx.eval_shape(lambda: DiT(CFG, nnx.Rngs(0))), nnx.Param)
-  leaves = jax.tree.leaves(params, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    method = build_method(method_config(network), 2)
+    _, params, _ = nnx.split(nnx.eval_shape(lambda: method.init_model(nnx.Rngs(0))), nnx.Param, ...)
+  leaves = jax.tree.leaves_with_path(params, is_leaf=lambda x: isinstance(x, nnx.Variable))
   assert leaves
-  for variable in leaves:
+  for path, variable in leaves:
     names = variable.get_metadata().get("out_sharding")
-    assert names is not None and len(names) == variable.get_value().ndim, variable
-    assert set(names) <= known
+    assert names is not None and len(names) == variable.get_value().ndim, jax.tree_util.keystr(path)
+    assert set(names) <= known, jax.tree_util.keystr(path)
 
 
 def test_fresh_model_predicts_uniform_logits_and_pads_vocab():

@@ -64,11 +64,16 @@ def binsaw_entropy(length: int, saws: int, floor: float, num_samples: int = 4096
 
 @dataclasses.dataclass(frozen=True)
 class BinsawDensity:
-  """The exact density of one binsaw configuration (Dataset.exact)."""
+  """The exact density of one binsaw configuration (an ladd.data.exact.ExactDistribution)."""
   length: int
   saws: int
   floor: float
   num_points: int = 4096
+  metrics = ()  # 2^L sequences: no table, so no sample metrics against one
+  probs = None
+
+  def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
+    return sample_binsaw(rng, n, self.length, self.saws, self.floor)
 
   def log_prob(self, x: np.ndarray) -> np.ndarray:
     return binsaw_log_prob(x, self.saws, self.floor, self.num_points)

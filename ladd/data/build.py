@@ -1,6 +1,5 @@
 """build_dataset: one Dataset from the data config, whatever the source."""
 
-import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -26,17 +25,17 @@ def _binsaw(cfg, workdir: Path | None) -> Dataset:
     raise DataError(f"binsaw needs data.binsaw_saws >= 1 and 0 < data.binsaw_floor <"
                     f" 0.5, got {cfg.binsaw_saws} and {cfg.binsaw_floor}")
 
+  exact = binsaw.BinsawDensity(cfg.seq_len, cfg.binsaw_saws, cfg.binsaw_floor)
+
   def split(split_id: int, num_examples: int) -> grain.MapDataset:
-    draw = functools.partial(binsaw.sample_binsaw, length=cfg.seq_len, saws=cfg.binsaw_saws,
-                             floor=cfg.binsaw_floor)
-    return grain.MapDataset.source(SeededSource(draw, cfg.shuffle_seed, split_id, num_examples))
+    return grain.MapDataset.source(SeededSource(exact.sample, cfg.shuffle_seed, split_id, num_examples))
 
   return Dataset(
       vocab_size=2, seq_len=cfg.seq_len,
       train_examples=split(0, binsaw.TRAIN_LENGTH),
       eval_examples=split(1, binsaw.EVAL_LENGTH),
       shuffle_seed=cfg.shuffle_seed, num_workers=cfg.num_workers,
-      exact=binsaw.BinsawDensity(cfg.seq_len, cfg.binsaw_saws, cfg.binsaw_floor),
+      exact=exact,
       mask_symbol="_", id_separator="")
 
 

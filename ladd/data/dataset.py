@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import grain
 import numpy as np
 
-from ladd.data.binsaw import BinsawDensity
 from ladd.data.errors import DataError
+from ladd.data.exact import ExactDistribution
 from ladd.data.tokenizers import Tokenizer
 
 # Grain's default reads 500 batches ahead on 16 threads: GBs of memory for large
@@ -37,7 +37,7 @@ class Dataset:
   tokenizer: Tokenizer | None = None  # None: ids are the data (binsaw, npy, ...)
   chars_per_token: float | None = None  # of the eval split, for bits per character
   is_character_level: bool = False
-  exact: BinsawDensity | None = None  # the true density, where it is known
+  exact: ExactDistribution | None = None  # the true distribution, where it is known
   mask_symbol: str = "[MASK]"
   id_separator: str = " "  # joins ids when there is no tokenizer
 

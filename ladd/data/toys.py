@@ -14,9 +14,10 @@ reproduce from an all-MASK input; on product a one-step factorised sampler can b
 
 Samples come from the generative process itself (continuous points quantised, copy coins,
 ...), not from the table, so comparing sample frequencies with `exact.probs` checks both.
-`Dataset.exact` is a `JointDistribution`: the table `probs` of shape [V] * L, `log_prob`,
-`entropy`, and which exact metrics suit it (Jensen-Shannon for 2D toys, KL and total
-variation for dependency tasks; see ladd.exact_metrics).
+`Dataset.exact` is a `JointDistribution` (an ladd.data.exact.ExactDistribution): the table
+`probs` of shape [V] * L, `log_prob`, `sample` (the generative process), `entropy`, and
+which exact metrics suit it (Jensen-Shannon for 2D toys, KL and total variation for
+dependency tasks; see ladd.exact_metrics).
 """
 
 import dataclasses
@@ -50,6 +51,10 @@ class JointDistribution:
   """The exact distribution of a toy source (Dataset.exact)."""
   probs: np.ndarray  # float64 [V] * L, sums to 1
   metrics: tuple[str, ...]  # the exact metrics that suit it: ("js",) or ("kl", "tv")
+  draw: Callable[[np.random.Generator, int], np.ndarray]  # the generative process, not the table
+
+  def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
+    return self.draw(rng, n)
 
   def log_prob(self, x: np.ndarray) -> np.ndarray:
     """Exact log p(x) in nats for x [n, L]; -inf on impossible sequences."""
@@ -191,38 +196,37 @@ def _needs(condition: bool, message: str) -> None:
     raise DataError(message)
 
 
-def toy_task(cfg) -> tuple[int, Callable, JointDistribution]:
-  """(vocab size, draw(rng, n), exact distribution) of data.source = cfg.source."""
+def toy_task(cfg) -> tuple[int, JointDistribution]:
+  """(vocab size, exact distribution) of data.source = cfg.source."""
   name, length = cfg.source, cfg.seq_len
   if name in TOYS_2D:
     _needs(length == 2, f"data.source={name!r} makes (x, y) pairs: set data.seq_len=2")
     _needs(cfg.toy_bins >= 2, f"data.toy_bins must be >= 2, got {cfg.toy_bins}")
-    return (cfg.toy_bins, functools.partial(draw_2d, name, cfg.toy_bins),
-            JointDistribution(_HISTOGRAMS[name](cfg.toy_bins), ("js",)))
+    return cfg.toy_bins, JointDistribution(_HISTOGRAMS[name](cfg.toy_bins), ("js",),
+                                           functools.partial(draw_2d, name, cfg.toy_bins))
   if name == "copy":
     _needs(length == 2, "data.source='copy' makes pairs: set data.seq_len=2")
     _needs(0 <= cfg.copy_prob <= 1 and cfg.toy_vocab >= 2,
            f"copy needs 0 <= data.copy_prob <= 1 and data.toy_vocab >= 2, got {cfg.copy_prob}, {cfg.toy_vocab}")
-    return (cfg.toy_vocab, functools.partial(draw_copy, cfg.toy_vocab, cfg.copy_prob),
-            JointDistribution(copy_table(cfg.toy_vocab, cfg.copy_prob), ("kl", "tv")))
+    return cfg.toy_vocab, JointDistribution(copy_table(cfg.toy_vocab, cfg.copy_prob), ("kl", "tv"),
+                                            functools.partial(draw_copy, cfg.toy_vocab, cfg.copy_prob))
   if name == "parity":
     _needs(2 <= length and 2**length <= MAX_STATES, f"parity needs 2 <= data.seq_len <= 22, got {length}")
-    return 2, functools.partial(draw_parity, length), JointDistribution(parity_table(length), ("kl", "tv"))
+    return 2, JointDistribution(parity_table(length), ("kl", "tv"), functools.partial(draw_parity, length))
   components = 1 if name == "product" else cfg.mixture_components
   _needs(cfg.toy_vocab >= 2 and components >= 1 and cfg.toy_vocab**length <= MAX_STATES,
          f"{name} needs data.toy_vocab >= 2, data.mixture_components >= 1 and toy_vocab**seq_len"
          f" <= {MAX_STATES}, got {cfg.toy_vocab}, {components}, seq_len {length}")
   probs = mixture_components(components, length, cfg.toy_vocab, cfg.mixture_seed)
-  return (cfg.toy_vocab, functools.partial(draw_mixture, probs),
-          JointDistribution(mixture_table(probs), ("kl", "tv")))
+  return cfg.toy_vocab, JointDistribution(mixture_table(probs), ("kl", "tv"), functools.partial(draw_mixture, probs))
 
 
 def toy_dataset(cfg, workdir) -> Dataset:
   del workdir  # generated on the fly, nothing to cache
-  vocab_size, draw, exact = toy_task(cfg)
+  vocab_size, exact = toy_task(cfg)
 
   def split(split_id: int, num_examples: int) -> grain.MapDataset:
-    return grain.MapDataset.source(SeededSource(draw, cfg.shuffle_seed, split_id, num_examples))
+    return grain.MapDataset.source(SeededSource(exact.sample, cfg.shuffle_seed, split_id, num_examples))
 
   return Dataset(
       vocab_size=vocab_size, seq_len=cfg.seq_len,

@@ -32,7 +32,7 @@ class RecognitionModel(nnx.Module):
         embedding_init=nnx.with_partitioning(embedding_init, ("vocab", "embed")), rngs=rngs)
     self.mask_state = nnx.Embed(  # row 0: position visible in x_t, row 1: masked
         2, cfg.d_model, dtype=cfg.compute_dtype, param_dtype=jnp.float32,
-        embedding_init=nnx.with_partitioning(embedding_init, (None, "embed")), rngs=rngs)
+        embedding_init=nnx.with_partitioning(embedding_init, ("mask_state", "embed")), rngs=rngs)
     self.mask_fraction_embed = TimeEmbedding(cfg, rngs)
     self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.n_layers)])
     self.head = dense(cfg.d_model, 2 * latent_dim, ("embed", "latent"), cfg, rngs, zero=True)
