@@ -2,6 +2,7 @@
 dataset, method, mesh and compiled trainer from a config."""
 
 import dataclasses
+import json
 import os
 
 import jax
@@ -92,11 +93,29 @@ def load_trained(workdir, step=None, which="ema"):
   steps = mgr.all_steps()
   if not steps:
     raise FileNotFoundError(f"no complete checkpoint in {checkpoint.checkpoint_dir(workdir)}")
-  if step is None:
-    step = max(steps)
-  elif step not in steps:
+  if step is not None and step not in steps:
     raise ValueError(f"checkpoint step {step} not found in {workdir}; available: {sorted(steps)}")
-  record = checkpoint.read_config_record(mgr, step)
+  jobs = {}
+
+  def restore(step):
+    record = checkpoint.read_config_record(mgr, step)
+    key = json.dumps(record, sort_keys=True)
+    if key not in jobs:
+      jobs[key] = _job_from_record(record, workdir)
+    return (jobs[key], *checkpoint.restore_params(mgr, step, jobs[key].trainer, which))
+
+  if step is None:
+    step, (job, params, model_state) = checkpoint.restore_newest_readable(mgr, restore)
+  else:
+    job, params, model_state = restore(step)
+  mgr.close()
+  return job, step, params, model_state
+
+
+def _job_from_record(record, workdir):
+  """The job a checkpoint's config record describes, data parallel over all local devices."""
+  from ladd import checkpoint
+
   config = config_from_record(record)
   config.mesh.update(data=-1, fsdp=1, tensor=1)
   mesh = sharding.make_mesh(config.mesh)
@@ -104,7 +123,4 @@ def load_trained(workdir, step=None, which="ema"):
   if dataset.vocab_size != record.get("vocab_size"):
     raise checkpoint.CheckpointError(f"checkpoint vocab_size {record.get('vocab_size')} differs from the data's {dataset.vocab_size}")
   method = build_method(config, dataset.vocab_size)
-  job = Job(config, dataset, method, mesh, build_trainer(config, method, mesh))
-  params, model_state = checkpoint.restore_params(mgr, step, job.trainer, which)
-  mgr.close()
-  return job, step, params, model_state
+  return Job(config, dataset, method, mesh, build_trainer(config, method, mesh))

@@ -38,6 +38,20 @@ def held_out_metrics(job, params, model_state, num_batches):
   return out
 
 
+def restore_or_init(job, mgr, data_iter):
+  """(state, step) from the newest readable checkpoint (the data iterator restored in
+  place), or the initial state at step 0 in an empty work directory."""
+  if not mgr.all_steps():
+    return job.trainer.init(), 0
+
+  def restore(step):
+    checkpoint.check_compatible(checkpoint.read_config_record(mgr, step), job.record, mgr.directory)
+    return checkpoint.restore_train(mgr, step, job.trainer, data_iter)
+
+  step, state = checkpoint.restore_newest_readable(mgr, restore, move_unreadable=True)
+  return state, step
+
+
 def train(config, workdir):
   job = build_job(config, workdir)
   trainer, cfg = job.trainer, config.train
@@ -46,15 +60,9 @@ def train(config, workdir):
   local_batch = config.data.batch_size // jax.process_count()
   data_iter = job.dataset.train_iterator(jax.process_index(), jax.process_count(), local_batch)
 
-  step = mgr.latest_step()
-  if step is None:
-    state = trainer.init()
-    step = 0
-  else:
-    checkpoint.check_compatible(checkpoint.read_config_record(mgr, step), job.record, mgr.directory)
-    state = checkpoint.restore_train(mgr, step, trainer, data_iter)
-    if is_main:
-      print(f"resumed from step {step} in {mgr.directory}", flush=True)
+  state, step = restore_or_init(job, mgr, data_iter)
+  if step and is_main:
+    print(f"resumed from step {step} in {mgr.directory}", flush=True)
   if is_main:
     checkpoint.write_json(os.path.join(workdir, "config.json"), job.record)
     n_params = sum(x.size for x in jax.tree.leaves(state["params"]))

