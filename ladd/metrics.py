@@ -24,14 +24,23 @@ def peak_flops_per_device(override_tflops=0.0):
 
 
 class MetricWriter:
-  def __init__(self, workdir, enabled=True):
+  """metrics.jsonl and TensorBoard events that hold each step once.
+
+  A run that starts at `start_step` (the restored checkpoint, 0 when fresh) replays the
+  steps after it, so the rows past it are dropped from metrics.jsonl (rewritten
+  atomically) and TensorBoard is told to purge its events from start_step + 1 on.
+  """
+
+  def __init__(self, workdir, enabled=True, start_step=0):
     self.enabled = enabled
     self.jsonl = None
     self.tb = None
     if enabled:
-      self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+      path = os.path.join(workdir, "metrics.jsonl")
+      drop_rows_after(path, start_step)
+      self.jsonl = open(path, "a")
       from tensorboardX import SummaryWriter  # heavy import, only on the writing process
-      self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=start_step + 1)
 
   def write(self, step, metrics):
     if not self.enabled:
@@ -48,6 +57,28 @@ class MetricWriter:
     if self.enabled:
       self.jsonl.close()
       self.tb.close()
+
+
+def drop_rows_after(path, step):
+  """Keeps the rows of a metrics.jsonl up to `step` (and any complete line only: a kill
+  can leave half a row); the file is replaced atomically."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = f.readlines()
+  kept = [line for line in lines if line.endswith("\n") and _row_step(line) <= step]
+  if kept != lines:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      f.writelines(kept)
+    os.replace(tmp, path)
+
+
+def _row_step(line):
+  try:
+    return json.loads(line)["step"]
+  except (ValueError, KeyError, TypeError):
+    return math.inf  # unparseable (a torn write): dropped
 
 
 def _plain(value):

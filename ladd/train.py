@@ -70,7 +70,7 @@ def train(config, workdir):
           f"mesh {sharding.describe(job.mesh)}, {jax.process_count()} process(es), "
           f"{jax.device_count()} {jax.devices()[0].platform} device(s)", flush=True)
 
-  writer = metrics.MetricWriter(workdir, enabled=is_main)
+  writer = metrics.MetricWriter(workdir, enabled=is_main, start_step=step)
   peak = metrics.peak_flops_per_device(cfg.peak_tflops_per_device)
   tokens_per_step = config.data.batch_size * config.data.seq_len
   interval_start, interval_steps = time.time(), 0

@@ -6,9 +6,11 @@ import glob
 import json
 import os
 import shutil
+import struct
 import subprocess
 
 import pytest
+from tensorboardX.proto import event_pb2
 
 from tests.helpers import ROOT, entry_point, subprocess_env
 
@@ -32,6 +34,41 @@ def damage(workdir, step):
   for path in files:
     with open(path, "r+b") as f:
       f.truncate(10)
+
+
+def metric_rows(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def tensorboard_scalars(workdir):
+  """{tag: {step: value}} as TensorBoard shows it: events files in order, and a
+  SessionLog.START at step P in a later file hides the earlier events at steps >= P."""
+  files = sorted(glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*")))
+  shown = {}
+  for path in files:
+    with open(path, "rb") as f:
+      data = f.read()
+    offset = 0
+    while offset < len(data):
+      (length,) = struct.unpack("<Q", data[offset:offset + 8])
+      event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
+      offset += 12 + length + 4
+      if event.HasField("session_log") and event.session_log.status == event_pb2.SessionLog.START:
+        shown = {(tag, step): value for (tag, step), value in shown.items() if step < event.step}
+      for value in event.summary.value:
+        assert (value.tag, event.step) not in shown, f"{value.tag} logged twice at step {event.step} in {path}"
+        shown[value.tag, event.step] = value.simple_value
+  by_tag = {}
+  for (tag, step), value in shown.items():
+    by_tag.setdefault(tag, {})[step] = value
+  return by_tag
+
+
+def assert_metrics_hold_each_step_once(workdir, steps):
+  rows = metric_rows(workdir)
+  assert [r["step"] for r in rows] == steps
+  assert tensorboard_scalars(workdir)["loss"] == pytest.approx({r["step"]: r["loss"] for r in rows})
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +101,7 @@ def test_a_damaged_newest_checkpoint_is_skipped_by_every_job(trained, tmp_path):
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]
   [moved] = os.listdir(os.path.join(workdir, "checkpoints.unreadable"))  # kept, not deleted
   assert moved.startswith("4.")
+  assert_metrics_hold_each_step_once(workdir, [2, 4])  # step 4 replayed, logged once
 
   damage(workdir, 2)
   damage(workdir, 4)
