@@ -9,10 +9,13 @@ import shutil
 import struct
 import subprocess
 
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from tensorboardX.proto import event_pb2
 
-from tests.helpers import ROOT, entry_point, subprocess_env
+from tests.helpers import ROOT, entry_point, host_tree, subprocess_env
 
 TINY = ["--config=configs/binsaw.py:tiny", "--config.train.eval_every=100"]
 
@@ -34,6 +37,23 @@ def damage(workdir, step):
   for path in files:
     with open(path, "r+b") as f:
       f.truncate(10)
+
+
+def saved(workdir, step):
+  """A checkpoint as host arrays: train state, EMA item and each process's data-iterator state."""
+  path = os.path.join(workdir, "checkpoints")
+  with ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(read_only=True)) as mgr:
+    restored = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(), ema=ocp.args.StandardRestore()))
+  data = {}
+  for name in sorted(glob.glob(os.path.join(path, str(step), "data", "process_*.json"))):
+    with open(name) as f:
+      data[os.path.basename(name)] = json.load(f)
+  return dict(host_tree({"state": restored["state"], "ema": restored["ema"]}), data=data)
+
+
+def assert_trees_equal(a, b):
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
 def metric_rows(workdir):
@@ -111,3 +131,31 @@ def test_a_damaged_newest_checkpoint_is_skipped_by_every_job(trained, tmp_path):
   assert ladd_lines(result.stderr)[0].startswith("ladd.evaluate: error: no readable checkpoint")
   assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]
+
+
+def test_a_non_finite_step_stops_the_run_or_is_skipped(tmp_path):
+  """optim.lr = 1e30 with no warm-up: step 1 has lr 0, step 2 moves every weight by ~1e30,
+  so the loss of step 3 overflows."""
+  workdir = str(tmp_path / "run")
+  args = ["ladd.train", *TINY, f"--workdir={workdir}", "--config.optim.lr=1e30", "--config.optim.warmup_steps=0",
+          "--config.train.steps=5", "--config.train.checkpoint_every=1", "--config.train.log_every=1",
+          "--config.train.keep_checkpoints=10"]
+  result = run(*args)
+  assert result.returncode == 2
+  [line] = ladd_lines(result.stderr)
+  assert line.startswith("ladd.train: error: non-finite loss or gradient norm at step 3")
+  assert "last good checkpoint: step 2 in" in line and "Traceback" not in result.stderr
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["1", "2"]  # step 3 was never saved
+  good = saved(workdir, 2)
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves([good["state"], good["ema"]]))
+
+  result = run(*args, "--config.train.skip_nonfinite=True")  # resumes from step 2
+  assert result.returncode == 0, result.stderr[-2000:]
+  warnings = ladd_lines(result.stderr)
+  assert len(warnings) == 3 and "skipped 1 non-finite step(s) up to step 5 (3 in this run)" in warnings[-1]
+  assert metric_rows(workdir)[-1]["skipped_nonfinite_steps"] == 3
+  final = saved(workdir, 5)  # no update of steps 3-5 was applied; the data moved on
+  assert_trees_equal({k: v for k, v in final["state"].items() if k != "step"},
+                     {k: v for k, v in good["state"].items() if k != "step"})
+  assert_trees_equal(final["ema"], good["ema"])
+  assert final["state"]["step"] == 5 and final["data"] != good["data"]
