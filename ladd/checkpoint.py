@@ -14,6 +14,7 @@ import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging as absl_logging
 
 from ladd import errors
 
@@ -39,7 +40,14 @@ def checkpoint_dir(workdir):
   return os.path.join(os.path.abspath(workdir), "checkpoints")
 
 
+def _drop_read_only_notes(record):
+  """Orbax warns that a read-only manager is read-only; sampling and evaluation always are."""
+  return not str(record.msg).startswith(("CheckpointManagerOptions.read_only=True", "Given directory is read only"))
+
+
 def manager(workdir, keep=3, read_only=False):
+  if read_only:
+    absl_logging.get_absl_logger().addFilter(_drop_read_only_notes)
   options = ocp.CheckpointManagerOptions(
       max_to_keep=keep, create=not read_only, cleanup_tmp_directories=not read_only,
       enable_async_checkpointing=not read_only, read_only=read_only)

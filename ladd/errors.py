@@ -12,6 +12,10 @@ def debug():
   return bool(os.environ.get("LADD_DEBUG"))
 
 
+def program():
+  return _program
+
+
 def warn(message):
   """One `program: warning: ...` line on stderr."""
   print(f"{_program}: warning: {' '.join(str(message).split())}", file=sys.stderr, flush=True)

@@ -1,10 +1,16 @@
 """What long runs meet besides bad input: preemption signals and non-finite steps."""
 
+import atexit
 import os
 import signal
+import sys
+import threading
+import time
 
 import jax
 import numpy as np
+
+from ladd import errors
 
 
 class NonFiniteError(ValueError):
@@ -80,3 +86,46 @@ class NonFiniteGuard:
           f"(last good checkpoint: {last_good}); lower optim.lr or set train.skip_nonfinite=True to skip such steps")
     self.skipped_total += len(bad)
     return len(bad)
+
+
+class PeerWatchdog:
+  """Multi-process runs: every process beats a counter in the JAX coordination service's
+  key-value store; one whose peer's counter stops for `timeout_s` (the peer died or
+  hangs) or that loses the coordinator exits with one line naming the lost process,
+  instead of waiting in a collective until JAX's heartbeat aborts it with a stack dump.
+  JAX's own heartbeat timeout is set longer, so this line comes first.
+  """
+
+  def __init__(self, client, process_id, num_processes, timeout_s):
+    self.client, self.process_id, self.num_processes = client, process_id, num_processes
+    self.timeout_s = timeout_s
+    self.exiting = False  # normal exit: peers stop at slightly different times
+    atexit.register(setattr, self, "exiting", True)
+    threading.Thread(target=self._watch, daemon=True, name="ladd-peer-watchdog").start()
+
+  def _watch(self):
+    seen = {p: (None, time.monotonic()) for p in range(self.num_processes) if p != self.process_id}
+    beat = 0
+    while True:
+      beat += 1
+      try:
+        self.client.key_value_set(f"ladd/alive/{self.process_id}", str(beat), allow_overwrite=True)
+        beats = {key.rsplit("/", 1)[-1]: value for key, value in self.client.key_value_dir_get("ladd/alive/")}
+      except Exception:  # the coordination service runs in process 0
+        self._lost(0, "the coordinator stopped answering")
+        return
+      now = time.monotonic()
+      for peer, (value, since) in seen.items():
+        if beats.get(str(peer)) != value:
+          seen[peer] = (beats.get(str(peer)), now)
+        elif now - since > self.timeout_s:
+          self._lost(peer, f"no heartbeat for {self.timeout_s:g} s")
+          return
+      time.sleep(min(1.0, self.timeout_s / 5))
+
+  def _lost(self, peer, why):
+    if self.exiting:
+      return
+    print(f"{errors.program()}: error: lost process {peer} of {self.num_processes} ({why}: it died or hangs); "
+          "stopping; relaunch every process to resume from the newest checkpoint", file=sys.stderr, flush=True)
+    os._exit(3)

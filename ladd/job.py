@@ -2,29 +2,40 @@
 dataset, method, mesh and compiled trainer from a config."""
 
 import dataclasses
+import faulthandler
 import json
 import os
 
 import jax
 import ml_collections
 
-from ladd import sharding
+from ladd import errors, faults, sharding
 from ladd.data import build_dataset
 from ladd.methods import build_method
 from ladd.trainer import build_trainer
 
 
-def init_distributed(coordinator_address, num_processes, process_id, auto):
-  """Must run before any other JAX call; only on multi-process launches."""
+def init_distributed(coordinator_address, num_processes, process_id, auto, peer_timeout_s=60.0):
+  """Must run before any other JAX call; only on multi-process launches. A process that
+  loses a peer for peer_timeout_s exits with one line (faults.PeerWatchdog)."""
+  if peer_timeout_s <= 0:
+    raise ValueError(f"--peer_timeout_s must be > 0, got {peer_timeout_s}")
+  heartbeat = dict(heartbeat_timeout_seconds=int(2 * peer_timeout_s) + 1)  # JAX's fatal abort comes later
   if num_processes > 1:
     if not coordinator_address:
       raise ValueError("--num_processes > 1 needs --coordinator_address=HOST:PORT")
     # Only CPU devices use it; querying the backend here would initialise it too early.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=coordinator_address,
-                               num_processes=num_processes, process_id=process_id)
+                               num_processes=num_processes, process_id=process_id, **heartbeat)
   elif auto:
-    jax.distributed.initialize()  # TPU pods and SLURM clusters describe themselves
+    jax.distributed.initialize(**heartbeat)  # TPU pods and SLURM clusters describe themselves
+  from jax._src import distributed  # the coordination client is not public API
+  state = distributed.global_state
+  if state.client is not None and state.num_processes > 1:
+    if not errors.debug():  # a lost coordinator aborts in JAX's runtime: its own line, not every thread's stack
+      faulthandler.disable()
+    faults.PeerWatchdog(state.client, state.process_id, state.num_processes, peer_timeout_s)
 
 
 def validate(config, mesh):

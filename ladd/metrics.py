@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import sys
 import time
 
 import jax
@@ -88,10 +89,28 @@ def _plain(value):
     return value
 
 
-def console(step, total, metrics, keys):
+def console(step, total, metrics, keys, eta_s=None):
   parts = [f"step {step}/{total}"]
   for key in keys:
     if key in metrics and metrics[key] is not None:
       value = metrics[key]
       parts.append(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}")
+  if eta_s is not None:
+    parts.append(f"eta {duration(eta_s)}")
   print(" | ".join(parts), flush=True)
+
+
+def duration(seconds):
+  seconds = int(round(seconds))
+  return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def progress(items, total, label):
+  """Yields `items`, with a `label: i/total (p%)` line on stderr (process 0) at every tenth
+  of the way when there is more than one item: long sampling and evaluation show they move."""
+  start = time.time()
+  marks = {max(1, round(total * k / 10)) for k in range(1, 11)} if total > 1 else set()
+  for i, item in enumerate(items, 1):
+    yield item
+    if i in marks and jax.process_index() == 0:
+      print(f"{label}: {i}/{total} ({100 * i // total}%), {duration(time.time() - start)}", file=sys.stderr, flush=True)

@@ -111,7 +111,8 @@ def train(config, workdir):
         if record:
           writer.write(step, record)
           if is_main:
-            metrics.console(step, cfg.steps, record, CONSOLE_KEYS)
+            metrics.console(step, cfg.steps, record, CONSOLE_KEYS,
+                          eta_s=record["step_time_s"] * (cfg.steps - step) if log else None)
         if stop:
           break
     if mgr.latest_step() is None:  # train.steps == 0: keep the initial model for evaluation

@@ -6,12 +6,14 @@ import glob
 import json
 import os
 import shutil
+import signal
 import struct
 import subprocess
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import portpicker
 import pytest
 from tensorboardX.proto import event_pb2
 
@@ -159,3 +161,55 @@ def test_a_non_finite_step_stops_the_run_or_is_skipped(tmp_path):
                      {k: v for k, v in good["state"].items() if k != "step"})
   assert_trees_equal(final["ema"], good["ema"])
   assert final["state"]["step"] == 5 and final["data"] != good["data"]
+
+
+def launch_two(workdir, *extra):
+  port = portpicker.pick_unused_port()
+  return [subprocess.Popen(
+      entry_point("ladd.train", *TINY, f"--workdir={workdir}", "--config.train.log_every=1", "--peer_timeout_s=5",
+                  f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}", *extra),
+      cwd=ROOT, env=subprocess_env(4), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+
+
+def read_until(process, text):
+  """Stdout lines of `process` up to the first that contains `text`."""
+  lines = []
+  for line in process.stdout:
+    lines.append(line)
+    if text in line:
+      return lines
+  raise AssertionError(f"no {text!r} in the output: {''.join(lines)[-2000:]} {process.stderr.read()[-2000:]}")
+
+
+def test_two_process_preemption_a_lost_process_and_relaunch(tmp_path):
+  workdir = str(tmp_path / "two")
+  steps = ["--config.train.steps=8", "--config.train.checkpoint_every=2"]
+  workers = launch_two(workdir, *steps)
+  read_until(workers[0], "step 1/8")
+  workers[1].send_signal(signal.SIGTERM)  # a preemption notice reaching one process only
+  outputs = [p.communicate(timeout=300) for p in workers]
+  assert [p.returncode for p in workers] == [0, 0], outputs[1][1][-2000:]
+  [stopped] = [line for line in outputs[0][0].splitlines() if line.startswith("SIGTERM: stopped after step")]
+  preempted = int(stopped.split()[4].rstrip(";"))  # both processes agreed on it and saved it
+  assert preempted < 8 and max(map(int, os.listdir(os.path.join(workdir, "checkpoints")))) == preempted
+
+  workers = launch_two(workdir, *steps)
+  read_until(workers[0], f"step {preempted + 2}/8")
+  workers[1].kill()
+  out, err = workers[0].communicate(timeout=120)  # not a hang in a collective
+  workers[1].wait()
+  assert workers[0].returncode == 3
+  assert [line for line in err.splitlines() if line.startswith("ladd.train: error: lost process 1 of 2")], err[-2000:]
+  before = {r["step"]: r for r in metric_rows(workdir)}
+  for name in os.listdir(os.path.join(workdir, "checkpoints")):  # relaunch from the preemption checkpoint
+    if int(name) > preempted:
+      shutil.move(os.path.join(workdir, "checkpoints", name), str(tmp_path / name))
+
+  workers = launch_two(workdir, *steps)
+  assert [p.communicate(timeout=300)[0] and p.returncode for p in workers] == [0, 0]
+  after = {r["step"]: r for r in metric_rows(workdir)}
+  assert sorted(after) == list(range(1, 9)) and len(metric_rows(workdir)) == 8
+  replayed = [s for s in before if s > preempted]
+  assert len(replayed) >= 2  # steps trained twice from the same checkpoint give identical numbers
+  for s in replayed:
+    assert (after[s]["loss"], after[s]["grad_norm"]) == (before[s]["loss"], before[s]["grad_norm"])
