@@ -9,6 +9,7 @@ import shutil
 import signal
 import struct
 import subprocess
+import time
 
 import jax
 import numpy as np
@@ -93,46 +94,94 @@ def assert_metrics_hold_each_step_once(workdir, steps):
   assert tensorboard_scalars(workdir)["loss"] == pytest.approx({r["step"]: r["loss"] for r in rows})
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-  workdir = str(tmp_path_factory.mktemp("faults") / "run")
-  result = run("ladd.train", *TINY, f"--workdir={workdir}")
+KILL_CHAIN = ["--config.train.steps=10", "--config.train.checkpoint_every=1", "--config.train.log_every=1",
+              "--config.train.eval_every=5", "--config.train.keep_checkpoints=3"]
+DETERMINISTIC = ("loss", "nelbo_per_token", "grad_norm", "lr", "mask_fraction", "eval/nelbo_per_token", "eval/ppl_bound")
+
+
+def launch(workdir):
+  return subprocess.Popen(entry_point("ladd.train", *TINY, *KILL_CHAIN, f"--workdir={workdir}"), cwd=ROOT,
+                          env=subprocess_env(8), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def kill_at(process, step, delay, sig):
+  """Sends `sig` `delay` seconds after the process reports `step` (mid-step or mid-save)."""
+  before = read_until(process, f"step {step}/10")
+  time.sleep(delay)
+  process.send_signal(sig)
+  out, err = process.communicate(timeout=300)
+  return process.returncode, "".join(before) + out, err
+
+
+def complete_steps(workdir):
+  """Step directories (a killed save leaves a `<step>.orbax-checkpoint-tmp*` one too)."""
+  return sorted(int(name) for name in os.listdir(os.path.join(workdir, "checkpoints")) if name.isdigit())
+
+
+def newest(workdir):
+  return complete_steps(workdir)[-1]
+
+
+def test_killed_and_preempted_runs_resume_to_the_uninterrupted_result(tmp_path):
+  """SIGKILL at seeded random points (one newest checkpoint damaged on the way), then
+  SIGTERM, then to the end: parameters, EMA, optimiser, data position and metrics equal
+  an uninterrupted run's bit for bit; sample and evaluate then skip a damaged step too."""
+  from configs import binsaw
+  from ladd.train import train
+  config = binsaw.get_config("tiny")
+  config.train.update(steps=10, checkpoint_every=1, log_every=1, eval_every=5, keep_checkpoints=3)
+  straight = str(tmp_path / "straight")
+  train(config, straight)  # in this process, under the same XLA flags and 8 devices
+
+  workdir = str(tmp_path / "killed")
+  rng = np.random.default_rng(13)
+  code, _, _ = kill_at(launch(workdir), int(rng.integers(2, 5)), rng.uniform(0, 0.05), signal.SIGKILL)
+  assert code == -signal.SIGKILL
+  damaged = newest(workdir)
+  assert 2 <= damaged <= 6
+  damage(workdir, damaged)
+  code, out, err = kill_at(launch(workdir), int(rng.integers(damaged, 7)), rng.uniform(0, 0.05), signal.SIGKILL)
+  assert code == -signal.SIGKILL
+  assert f"resumed from step {damaged - 1}" in out
+  [warning] = ladd_lines(err)
+  assert f"skipping unreadable checkpoint step {damaged} (moved to" in warning
+  assert os.listdir(os.path.join(workdir, "checkpoints.unreadable"))  # kept, not deleted
+
+  assert newest(workdir) <= 8
+  code, out, err = kill_at(launch(workdir), newest(workdir) + 1, rng.uniform(0, 0.05), signal.SIGTERM)
+  assert code == 0, err[-2000:]
+  [stopped] = [line for line in out.splitlines() if line.startswith("SIGTERM: stopped after step")]
+  assert f"checkpoint saved in {workdir}/checkpoints/{newest(workdir)};" in stopped
+  result = run("ladd.train", *TINY, *KILL_CHAIN, f"--workdir={workdir}", devices=8)
   assert result.returncode == 0, result.stderr[-2000:]
-  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]
-  return workdir
+  assert f"resumed from step {stopped.split()[4].rstrip(';')} " in result.stdout
 
+  a, b = saved(workdir, 10), saved(straight, 10)
+  assert_trees_equal(a["state"], b["state"])
+  assert_trees_equal(a["ema"], b["ema"])
+  assert a["data"] == b["data"]
+  rows, reference = metric_rows(workdir), metric_rows(straight)
+  assert [r["step"] for r in rows] == list(range(1, 11))
+  assert [{k: r.get(k) for k in DETERMINISTIC} for r in rows] == [{k: r.get(k) for k in DETERMINISTIC} for r in reference]
+  assert_metrics_hold_each_step_once(workdir, list(range(1, 11)))
 
-def test_a_damaged_newest_checkpoint_is_skipped_by_every_job(trained, tmp_path):
-  workdir = str(tmp_path / "run")
-  shutil.copytree(trained, workdir)
-  damage(workdir, 4)
-
-  result = run("ladd.sample", f"--workdir={workdir}", "--num_samples=2", "--quiet")
+  damage(workdir, 10)
+  result = run("ladd.sample", f"--workdir={workdir}", "--num_samples=2", "--quiet", devices=8)
   assert result.returncode == 0, result.stderr[-2000:]
-  assert ladd_lines(result.stderr) == [ladd_lines(result.stderr)[0]]
-  assert "warning: skipping unreadable checkpoint step 4" in ladd_lines(result.stderr)[0]
+  assert [line.split(":")[1] for line in ladd_lines(result.stderr)] == [" warning"]
+  assert "skipping unreadable checkpoint step 10" in ladd_lines(result.stderr)[0]
   assert "Traceback" not in result.stderr
   with open(os.path.join(workdir, "samples.jsonl")) as f:
-    assert {json.loads(line)["checkpoint_step"] for line in f} == {2}
+    assert {json.loads(line)["checkpoint_step"] for line in f} == {9}
 
-  result = run("ladd.train", *TINY, f"--workdir={workdir}")
-  assert result.returncode == 0, result.stderr[-2000:]
-  assert "resumed from step 2" in result.stdout and "Traceback" not in result.stderr
-  [warning] = ladd_lines(result.stderr)
-  assert "skipping unreadable checkpoint step 4 (moved to" in warning
-  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]
-  [moved] = os.listdir(os.path.join(workdir, "checkpoints.unreadable"))  # kept, not deleted
-  assert moved.startswith("4.")
-  assert_metrics_hold_each_step_once(workdir, [2, 4])  # step 4 replayed, logged once
-
-  damage(workdir, 2)
-  damage(workdir, 4)
+  for step in complete_steps(workdir):
+    damage(workdir, step)
   result = run("ladd.evaluate", f"--workdir={workdir}")
   assert result.returncode == 2
-  assert ladd_lines(result.stderr) == [ladd_lines(result.stderr)[0]]
-  assert ladd_lines(result.stderr)[0].startswith("ladd.evaluate: error: no readable checkpoint")
+  [line] = ladd_lines(result.stderr)
+  assert line.startswith("ladd.evaluate: error: no readable checkpoint")
   assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr
-  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]
+  assert complete_steps(workdir) == [8, 9, 10]  # nothing deleted
 
 
 def test_a_non_finite_step_stops_the_run_or_is_skipped(tmp_path):
@@ -191,7 +240,7 @@ def test_two_process_preemption_a_lost_process_and_relaunch(tmp_path):
   assert [p.returncode for p in workers] == [0, 0], outputs[1][1][-2000:]
   [stopped] = [line for line in outputs[0][0].splitlines() if line.startswith("SIGTERM: stopped after step")]
   preempted = int(stopped.split()[4].rstrip(";"))  # both processes agreed on it and saved it
-  assert preempted < 8 and max(map(int, os.listdir(os.path.join(workdir, "checkpoints")))) == preempted
+  assert preempted < 8 and newest(workdir) == preempted
 
   workers = launch_two(workdir, *steps)
   read_until(workers[0], f"step {preempted + 2}/8")
@@ -201,9 +250,9 @@ def test_two_process_preemption_a_lost_process_and_relaunch(tmp_path):
   assert workers[0].returncode == 3
   assert [line for line in err.splitlines() if line.startswith("ladd.train: error: lost process 1 of 2")], err[-2000:]
   before = {r["step"]: r for r in metric_rows(workdir)}
-  for name in os.listdir(os.path.join(workdir, "checkpoints")):  # relaunch from the preemption checkpoint
-    if int(name) > preempted:
-      shutil.move(os.path.join(workdir, "checkpoints", name), str(tmp_path / name))
+  for step in complete_steps(workdir):  # relaunch from the preemption checkpoint
+    if step > preempted:
+      shutil.move(os.path.join(workdir, "checkpoints", str(step)), str(tmp_path / str(step)))
 
   workers = launch_two(workdir, *steps)
   assert [p.communicate(timeout=300)[0] and p.returncode for p in workers] == [0, 0]
