@@ -60,9 +60,13 @@ def config_record(config, vocab_size):
 
 
 def config_from_record(record):
+  """The config a checkpoint was trained with; keys added to ladd since take their defaults."""
+  from ladd.config import default_config
   record = dict(record)
   record.pop("vocab_size", None)
-  return ml_collections.ConfigDict(record)
+  config = default_config()
+  config.update(record)
+  return config
 
 
 @dataclasses.dataclass
