@@ -71,21 +71,20 @@ def killed_run(args, rng, workdir, processes, kills, stats):
   for _ in range(kills):
     procs = launch(args, workdir, processes)
     mid_save = rng.random() < 1 / 3
-    delay = rng.uniform(0, args.max_delay_s)
+    steps_before_kill = int(rng.integers(1, 2 * args.checkpoint_every + 1))
     first_step, last_step, resumed = None, 0, None
-    deadline = None
     for line in procs[0].stdout:
       if line.startswith("resumed from step"):
         resumed = int(line.split()[3])
       if line.startswith("step "):
         last_step = int(line.split()[1].split("/")[0])
-        if first_step is None:
-          first_step, deadline = last_step, time.time() + delay
-      if deadline and time.time() >= deadline and (not mid_save or saving(workdir) or last_step >= args.steps - 1):
-        break
-      if last_step >= args.steps - 1:
-        break
-    stats["mid_save"] += bool(mid_save and saving(workdir))
+        first_step = first_step or last_step
+      if first_step and (last_step - first_step + 1 >= steps_before_kill or last_step >= args.steps - 1):
+        if not mid_save or saving(workdir) or last_step >= args.steps - 1:
+          break
+    if not mid_save:
+      time.sleep(rng.uniform(0, args.max_delay_s))  # anywhere in the next step or save
+    stats["mid_save"] += bool(saving(workdir))
     procs[-1].kill()  # one process dies; in a two-process run the other must stop by itself
     codes = [p.wait(timeout=120) for p in procs]
     stats["kills"] += 1
@@ -133,7 +132,7 @@ def main():
   parser.add_argument("--checkpoint_every", type=int, default=5)
   parser.add_argument("--d_model", type=int, default=128)
   parser.add_argument("--n_layers", type=int, default=4)
-  parser.add_argument("--max_delay_s", type=float, default=3.0)
+  parser.add_argument("--max_delay_s", type=float, default=0.5)
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--workdir", default="")
   args = parser.parse_args()
