@@ -8,10 +8,15 @@ mesh, so a checkpoint written on a pod loads on one CPU and vice versa.
 
 import json
 import os
+import time
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging as absl_logging
+
+from ladd import errors
 
 # Keys that fix parameter shapes or the meaning of token ids: a checkpoint whose
 # config differs in any of them cannot be restored under the current config.
@@ -27,11 +32,22 @@ class CheckpointError(ValueError):
   pass
 
 
+class UnreadableCheckpoint(CheckpointError):
+  """A step whose files cannot be read (truncated, corrupt, missing): an older step may do."""
+
+
 def checkpoint_dir(workdir):
   return os.path.join(os.path.abspath(workdir), "checkpoints")
 
 
+def _drop_read_only_notes(record):
+  """Orbax warns that a read-only manager is read-only; sampling and evaluation always are."""
+  return not str(record.msg).startswith(("CheckpointManagerOptions.read_only=True", "Given directory is read only"))
+
+
 def manager(workdir, keep=3, read_only=False):
+  if read_only:
+    absl_logging.get_absl_logger().addFilter(_drop_read_only_notes)
   options = ocp.CheckpointManagerOptions(
       max_to_keep=keep, create=not read_only, cleanup_tmp_directories=not read_only,
       enable_async_checkpointing=not read_only, read_only=read_only)
@@ -68,7 +84,58 @@ def read_config_record(mgr, step):
   try:
     return mgr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
   except Exception as e:  # orbax raises many types for unreadable directories
-    raise CheckpointError(f"checkpoint step {step} in {mgr.directory} is unreadable: {type(e).__name__}: {e}".splitlines()[0]) from e
+    raise UnreadableCheckpoint(f"checkpoint step {step} in {mgr.directory} is unreadable: {_first_line(e)}") from e
+
+
+def restore_newest_readable(mgr, restore, move_unreadable=False):
+  """(step, restore(step)) for the newest complete step that `restore` can read.
+
+  Each newer, unreadable step gets one warning line; with `move_unreadable` (training,
+  which saves those step numbers again) it is moved to checkpoints.unreadable/, never
+  deleted. When no step can be read, one CheckpointError says so and nothing moves.
+  All processes agree: a step that fails on any process is skipped on every process.
+  """
+  steps = sorted(mgr.all_steps(), reverse=True)
+  skipped = []
+  for step in steps:
+    try:
+      result, problem = restore(step), None
+    except UnreadableCheckpoint as e:
+      result, problem = None, e
+    if _all_processes_ok(problem is None):
+      _report_skipped(mgr, skipped, move_unreadable)
+      return step, result
+    skipped.append((step, problem or "unreadable on another process"))
+  raise CheckpointError(f"no readable checkpoint in {mgr.directory}: every step ({', '.join(map(str, steps))}) is "
+                        f"damaged ({skipped[0][1]}); nothing was deleted")
+
+
+def _report_skipped(mgr, skipped, move):
+  aside = mgr.directory.parent / "checkpoints.unreadable"
+  for step, problem in skipped:
+    where = ""
+    if move:
+      target = aside / f"{step}.{int(time.time())}"
+      if jax.process_index() == 0:
+        aside.mkdir(parents=True, exist_ok=True)
+        (mgr.directory / str(step)).rename(target)
+      where = f" (moved to {target})"
+    errors.warn(f"skipping unreadable checkpoint step {step}{where}: {problem}")
+  if move and skipped:
+    _all_processes_ok(True)  # a barrier: nobody lists the directory before the move
+    mgr.reload()
+
+
+def _all_processes_ok(ok):
+  if jax.process_count() == 1:
+    return ok
+  from jax.experimental import multihost_utils
+  return bool(multihost_utils.process_allgather(np.asarray(ok)).all())
+
+
+def _first_line(e):
+  """The cause of an orbax / TensorStore failure without the storage spec it dumps."""
+  return f"{type(e).__name__}: {e}".splitlines()[0].split(" See full TensorStore details")[0]
 
 
 def _abstract(tree, shardings):
@@ -84,7 +151,7 @@ def restore_train(mgr, step, trainer, data_iterator):
         state=ocp.args.StandardRestore(target), ema=ocp.args.StandardRestore(ema_target),
         data=grain.checkpoint.CheckpointRestore(data_iterator)))
   except Exception as e:
-    raise CheckpointError(f"cannot restore checkpoint step {step} from {mgr.directory}: {type(e).__name__}: {e}".splitlines()[0]) from e
+    raise UnreadableCheckpoint(f"cannot restore checkpoint step {step} from {mgr.directory}: {_first_line(e)}") from e
   return dict(restored["state"], ema=restored["ema"]["params"])
 
 
@@ -110,7 +177,7 @@ def restore_params(mgr, step, trainer, which="ema"):
     else:
       restored = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(_train_target(trainer))))["state"]
   except Exception as e:
-    raise CheckpointError(f"cannot restore parameters of step {step} from {mgr.directory}: {type(e).__name__}: {e}".splitlines()[0]) from e
+    raise UnreadableCheckpoint(f"cannot restore parameters of step {step} from {mgr.directory}: {_first_line(e)}") from e
   return restored["params"], restored["model_state"]
 
 

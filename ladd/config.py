@@ -46,6 +46,9 @@ def default_config():
       steps=1000, log_every=50, eval_every=500, eval_batches=8,
       checkpoint_every=500, keep_checkpoints=3,
       peak_tflops_per_device=0.0,  # 0 = look up by device kind; unknown kinds report no MFU
+      # A non-finite loss or gradient norm stops the run (never saved); True skips such
+      # steps instead (their update is not applied; counted in metrics and on the console).
+      skip_nonfinite=False,
   )
   # LADD (method.md §2): method "co_ladd" (Gaussian latent) or "di_ladd" (VQ codes).
   c.latent = dict(

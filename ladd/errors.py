@@ -3,6 +3,30 @@
 import contextlib
 import os
 import sys
+import types
+
+_program = "ladd"
+
+
+def debug():
+  return bool(os.environ.get("LADD_DEBUG"))
+
+
+def program():
+  return _program
+
+
+def warn(message):
+  """One `program: warning: ...` line on stderr."""
+  print(f"{_program}: warning: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+
+
+def _drop_coroutine_noise(unraisable):
+  """Failed TensorStore reads leave orbax coroutines whose exceptions Python reports as
+  "Exception ignored in <coroutine ...>" tracebacks when they are collected; the error
+  they belong to has already been reported (or handled) as one line."""
+  if not isinstance(unraisable.object, types.CoroutineType):
+    sys.__unraisablehook__(unraisable)
 
 
 @contextlib.contextmanager
@@ -11,10 +35,14 @@ def one_line_errors(program):
 
   Set LADD_DEBUG=1 to get the full traceback instead.
   """
+  global _program
+  _program = program
+  if not debug():
+    sys.unraisablehook = _drop_coroutine_noise
   try:
     yield
   except (ValueError, OSError) as e:
-    if os.environ.get("LADD_DEBUG"):
+    if debug():
       raise
     message = " ".join(str(e).split()) or type(e).__name__
     print(f"{program}: error: {message}", file=sys.stderr, flush=True)

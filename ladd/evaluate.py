@@ -19,6 +19,7 @@ from absl import app
 from absl import flags as absl_flags
 
 from ladd import checkpoint, exact_metrics, flags, nstep_bound, summary
+from ladd.metrics import progress
 from ladd.diffusion.sampling import SamplerSettings
 from ladd.errors import one_line_errors
 from ladd.job import load_trained
@@ -39,8 +40,9 @@ def evaluate(job, params, model_state, num_batches, t_samples, seed):
   if t_samples < 1:
     raise ValueError(f"--t_samples must be >= 1, got {t_samples}")
   local = job.config.data.eval_batch_size // jax.process_count()
-  batches = job.dataset.eval_batches(jax.process_index(), jax.process_count(), local, num_batches or None)
-  totals = evaluate_nelbo(job.trainer, params, model_state, batches, seed, t_samples)
+  batches = list(job.dataset.eval_batches(jax.process_index(), jax.process_count(), local, num_batches or None))
+  totals = evaluate_nelbo(job.trainer, params, model_state, progress(batches, len(batches), "held-out batches"),
+                          seed, t_samples)
   result = summary.summarize(totals, job.method.quantities, job.dataset.chars_per_token)
   result.update({
       "vocab_size": job.dataset.vocab_size,
@@ -85,7 +87,7 @@ def exact_sample_metrics(job, params, model_state, sample_steps, seed, plot_path
   base = SamplerSettings(**{name: cfg.sample[name] for name in settings_fields})
   num_samples = cfg.eval.exact_samples
   metrics, distributions = {}, {}
-  for steps in sample_steps:
+  for steps in progress(sample_steps, len(sample_steps), "exact sample metrics (step counts)"):
     settings = dataclasses.replace(base, steps=steps)
     tokens, nfe = sample(job, params, model_state, settings, num_samples, num_samples, seed)
     metrics[steps] = dict(exact_metrics.sample_metrics(tokens, exact.probs, exact.metrics, cfg.eval.exact_bins), nfe=nfe)

@@ -5,6 +5,8 @@ import jax
 import numpy as np
 from flax import nnx
 
+from ladd.metrics import progress
+
 
 def sample(job, params, model_state, settings, num_samples, batch_size, seed):
   """Returns (tokens [num_samples, L] numpy, mean NFE per batch)."""
@@ -16,7 +18,8 @@ def sample(job, params, model_state, settings, num_samples, batch_size, seed):
 
   chunks, nfes = [], []
   with jax.set_mesh(job.mesh):
-    for i in range(-(-num_samples // batch_size)):
+    num_batches = -(-num_samples // batch_size)
+    for i in progress(range(num_batches), num_batches, "sampling batches"):
       tokens, info = draw(params, model_state, jax.random.fold_in(jax.random.key(seed), i))
       chunks.append(np.asarray(jax.device_get(tokens)))
       nfes.append(int(info["nfe"]))

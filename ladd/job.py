@@ -2,28 +2,40 @@
 dataset, method, mesh and compiled trainer from a config."""
 
 import dataclasses
+import faulthandler
+import json
 import os
 
 import jax
 import ml_collections
 
-from ladd import sharding
+from ladd import errors, faults, sharding
 from ladd.data import build_dataset
 from ladd.methods import build_method
 from ladd.trainer import build_trainer
 
 
-def init_distributed(coordinator_address, num_processes, process_id, auto):
-  """Must run before any other JAX call; only on multi-process launches."""
+def init_distributed(coordinator_address, num_processes, process_id, auto, peer_timeout_s=60.0):
+  """Must run before any other JAX call; only on multi-process launches. A process that
+  loses a peer for peer_timeout_s exits with one line (faults.PeerWatchdog)."""
+  if peer_timeout_s <= 0:
+    raise ValueError(f"--peer_timeout_s must be > 0, got {peer_timeout_s}")
+  heartbeat = dict(heartbeat_timeout_seconds=int(2 * peer_timeout_s) + 1)  # JAX's fatal abort comes later
   if num_processes > 1:
     if not coordinator_address:
       raise ValueError("--num_processes > 1 needs --coordinator_address=HOST:PORT")
     # Only CPU devices use it; querying the backend here would initialise it too early.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=coordinator_address,
-                               num_processes=num_processes, process_id=process_id)
+                               num_processes=num_processes, process_id=process_id, **heartbeat)
   elif auto:
-    jax.distributed.initialize()  # TPU pods and SLURM clusters describe themselves
+    jax.distributed.initialize(**heartbeat)  # TPU pods and SLURM clusters describe themselves
+  from jax._src import distributed  # the coordination client is not public API
+  state = distributed.global_state
+  if state.client is not None and state.num_processes > 1:
+    if not errors.debug():  # a lost coordinator aborts in JAX's runtime: its own line, not every thread's stack
+      faulthandler.disable()
+    faults.PeerWatchdog(state.client, state.process_id, state.num_processes, peer_timeout_s)
 
 
 def validate(config, mesh):
@@ -48,9 +60,13 @@ def config_record(config, vocab_size):
 
 
 def config_from_record(record):
+  """The config a checkpoint was trained with; keys added to ladd since take their defaults."""
+  from ladd.config import default_config
   record = dict(record)
   record.pop("vocab_size", None)
-  return ml_collections.ConfigDict(record)
+  config = default_config()
+  config.update(record)
+  return config
 
 
 @dataclasses.dataclass
@@ -92,11 +108,29 @@ def load_trained(workdir, step=None, which="ema"):
   steps = mgr.all_steps()
   if not steps:
     raise FileNotFoundError(f"no complete checkpoint in {checkpoint.checkpoint_dir(workdir)}")
-  if step is None:
-    step = max(steps)
-  elif step not in steps:
+  if step is not None and step not in steps:
     raise ValueError(f"checkpoint step {step} not found in {workdir}; available: {sorted(steps)}")
-  record = checkpoint.read_config_record(mgr, step)
+  jobs = {}
+
+  def restore(step):
+    record = checkpoint.read_config_record(mgr, step)
+    key = json.dumps(record, sort_keys=True)
+    if key not in jobs:
+      jobs[key] = _job_from_record(record, workdir)
+    return (jobs[key], *checkpoint.restore_params(mgr, step, jobs[key].trainer, which))
+
+  if step is None:
+    step, (job, params, model_state) = checkpoint.restore_newest_readable(mgr, restore)
+  else:
+    job, params, model_state = restore(step)
+  mgr.close()
+  return job, step, params, model_state
+
+
+def _job_from_record(record, workdir):
+  """The job a checkpoint's config record describes, data parallel over all local devices."""
+  from ladd import checkpoint
+
   config = config_from_record(record)
   config.mesh.update(data=-1, fsdp=1, tensor=1)
   mesh = sharding.make_mesh(config.mesh)
@@ -104,7 +138,4 @@ def load_trained(workdir, step=None, which="ema"):
   if dataset.vocab_size != record.get("vocab_size"):
     raise checkpoint.CheckpointError(f"checkpoint vocab_size {record.get('vocab_size')} differs from the data's {dataset.vocab_size}")
   method = build_method(config, dataset.vocab_size)
-  job = Job(config, dataset, method, mesh, build_trainer(config, method, mesh))
-  params, model_state = checkpoint.restore_params(mgr, step, job.trainer, which)
-  mgr.close()
-  return job, step, params, model_state
+  return Job(config, dataset, method, mesh, build_trainer(config, method, mesh))

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import sys
 import time
 
 import jax
@@ -24,14 +25,23 @@ def peak_flops_per_device(override_tflops=0.0):
 
 
 class MetricWriter:
-  def __init__(self, workdir, enabled=True):
+  """metrics.jsonl and TensorBoard events that hold each step once.
+
+  A run that starts at `start_step` (the restored checkpoint, 0 when fresh) replays the
+  steps after it, so the rows past it are dropped from metrics.jsonl (rewritten
+  atomically) and TensorBoard is told to purge its events from start_step + 1 on.
+  """
+
+  def __init__(self, workdir, enabled=True, start_step=0):
     self.enabled = enabled
     self.jsonl = None
     self.tb = None
     if enabled:
-      self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+      path = os.path.join(workdir, "metrics.jsonl")
+      drop_rows_after(path, start_step)
+      self.jsonl = open(path, "a")
       from tensorboardX import SummaryWriter  # heavy import, only on the writing process
-      self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=start_step + 1)
 
   def write(self, step, metrics):
     if not self.enabled:
@@ -50,6 +60,28 @@ class MetricWriter:
       self.tb.close()
 
 
+def drop_rows_after(path, step):
+  """Keeps the rows of a metrics.jsonl up to `step` (and any complete line only: a kill
+  can leave half a row); the file is replaced atomically."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = f.readlines()
+  kept = [line for line in lines if line.endswith("\n") and _row_step(line) <= step]
+  if kept != lines:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      f.writelines(kept)
+    os.replace(tmp, path)
+
+
+def _row_step(line):
+  try:
+    return json.loads(line)["step"]
+  except (ValueError, KeyError, TypeError):
+    return math.inf  # unparseable (a torn write): dropped
+
+
 def _plain(value):
   try:
     return float(value)
@@ -57,10 +89,28 @@ def _plain(value):
     return value
 
 
-def console(step, total, metrics, keys):
+def console(step, total, metrics, keys, eta_s=None):
   parts = [f"step {step}/{total}"]
   for key in keys:
     if key in metrics and metrics[key] is not None:
       value = metrics[key]
       parts.append(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}")
+  if eta_s is not None:
+    parts.append(f"eta {duration(eta_s)}")
   print(" | ".join(parts), flush=True)
+
+
+def duration(seconds):
+  seconds = int(round(seconds))
+  return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def progress(items, total, label):
+  """Yields `items`, with a `label: i/total (p%)` line on stderr (process 0) at every tenth
+  of the way when there is more than one item: long sampling and evaluation show they move."""
+  start = time.time()
+  marks = {max(1, round(total * k / 10)) for k in range(1, 11)} if total > 1 else set()
+  for i, item in enumerate(items, 1):
+    yield item
+    if i in marks and jax.process_index() == 0:
+      print(f"{label}: {i}/{total} ({100 * i // total}%), {duration(time.time() - start)}", file=sys.stderr, flush=True)

@@ -76,6 +76,7 @@ def build_trainer(config, method, mesh):
   tx, lr_schedule = make_optimizer(config.optim, config.train.steps, method.lr_scales)
   seed = config.seed
   ema_decay = config.optim.ema_decay
+  skip_nonfinite = config.train.skip_nonfinite
 
   def init():
     with nnx.use_eager_sharding(False):
@@ -106,10 +107,14 @@ def build_trainer(config, method, mesh):
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state["ema"], params)
-    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads),
-                   lr=lr_schedule(state["step"]))
-    return {"step": state["step"] + 1, "params": params, "model_state": model_state,
-            "opt_state": opt_state, "ema": ema}, metrics
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    metrics = dict(metrics, loss=loss, grad_norm=grad_norm, lr=lr_schedule(state["step"]), finite=finite)
+    new_state = {"params": params, "model_state": model_state, "opt_state": opt_state, "ema": ema}
+    if skip_nonfinite:  # the step (and so the data and the noise) moves on; nothing else does
+      new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state,
+                               {k: state[k] for k in new_state})
+    return dict(new_state, step=state["step"] + 1), metrics
 
   def eval_step(params, model_state, batch, key):
     per_sequence = method.nelbo(nnx.merge(graphdef, params, model_state), batch, key)
