@@ -56,9 +56,11 @@ class VariationalMaskedDiffusion(LatentVariableDiffusion):
     """Reconstruction weighted as in §1; the KL of the one global latent is paid once."""
     return self.schedule.nelbo_weight(t) * recon, kl
 
-  def sample(self, model, key, num_samples, settings):
+  def sample(self, model, key, num_samples, settings, clamped=None):
     """z ~ N(0, I) once, then the §1 ancestral sampler conditioned on it. The output cache
-    stays valid because z is fixed; argmax decoding also fills the last step by argmax."""
+    stays valid because z is fixed; argmax decoding also fills the last step by argmax.
+    (choice) With clamped tokens z still comes from the prior: the posterior q(z | x0, m_t)
+    reads x0 at every position, masked ones included, so it cannot take a partial x0."""
     z_key, key = jax.random.split(key)
     z = jax.random.normal(z_key, (num_samples, self.latent_dim), jnp.float32)
 
@@ -67,9 +69,16 @@ class VariationalMaskedDiffusion(LatentVariableDiffusion):
       log_probs = masking.subs_log_probs(logits, x_t, self.vocab_size, self.mask_id)
       return argmax_log_probs(log_probs) if self.decoding == "argmax" else log_probs
 
-    if self.decoding == "argmax":
-      settings = dataclasses.replace(settings, final_fill="argmax")
     tokens, nfe = sampling.ancestral_sample(
-        denoise, key, (num_samples, self.seq_len), self.schedule, settings, self.mask_id,
-        self.model_cfg.time_conditioning)
+        denoise, key, (num_samples, self.seq_len), self.schedule, self._settings_used(settings),
+        self.mask_id, self.model_cfg.time_conditioning, clamped)
     return tokens, {"nfe": nfe}
+
+  def _settings_used(self, settings):
+    return dataclasses.replace(settings, final_fill="argmax") if self.decoding == "argmax" else settings
+
+  def sampler_used(self, settings):
+    if settings.latent_init != "prior":
+      raise ValueError("VMD draws z from the prior: its posterior needs x0 at every position")
+    return dict(super().sampler_used(self._settings_used(settings)), latent_init="prior",
+                sampler=f"ancestral, global z, {self.decoding} decoding")
