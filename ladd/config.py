@@ -17,6 +17,7 @@ def default_config():
       tfds_name="", tfds_data_dir="", tfds_train_split="train",
       tfds_eval_split="validation", tfds_text_key="text",
       binsaw_saws=2, binsaw_floor=0.01,
+      sudoku_pool=256,  # sudoku: boards are transforms of this many backtracked grids per split
       eval_plays=("hamlet", "the-tempest", "twelfth-night"),
       # Toys with an exact joint (method.md §5; sources checkerboard | swiss_roll | circles |
       # copy | parity | mixture): 2D points in toy_bins bins per coordinate; copy/mixture
