@@ -14,13 +14,14 @@ import os
 import time
 
 import jax
+import numpy as np
 from absl import app
 from absl import flags as absl_flags
 
 from ladd import flags
 from ladd.diffusion.sampling import SamplerSettings
 from ladd.errors import one_line_errors
-from ladd.generate import clamped_from_text, draw_samples
+from ladd.generate import clamped_from_text, draw_long
 from ladd.job import load_trained
 
 STEPS = absl_flags.DEFINE_integer("steps", None, "Sampling steps N (default: config sample.steps).")
@@ -38,6 +39,8 @@ LATENT_INIT = absl_flags.DEFINE_enum("latent_init", None, ["prior", "encoder"], 
 PROMPT = absl_flags.DEFINE_string("prompt", "", "Text every sample starts with.")
 SUFFIX = absl_flags.DEFINE_string("suffix", "", "Text every sample ends with.")
 INFILL = absl_flags.DEFINE_string("infill", "", "Template from position 0; each '_' is a generated token, the rest is kept.")
+LENGTH = absl_flags.DEFINE_integer("length", 0, "Tokens per sample; beyond the model's sequence length, block-wise: each block continues the last --block_keep tokens (0 = one block).")
+BLOCK_KEEP = absl_flags.DEFINE_integer("block_keep", None, "Tokens of the previous block clamped as each next block's prefix (default: half the sequence).")
 NO_CACHE = absl_flags.DEFINE_bool("no_cache", False, "Call the network at every step even when nothing changed.")
 STEP = absl_flags.DEFINE_integer("checkpoint_step", None, "Checkpoint step to load (default: newest).")
 PARAMS = absl_flags.DEFINE_enum("params", "ema", ["ema", "raw"], "EMA or raw parameters.")
@@ -72,11 +75,17 @@ def main(argv):
     batch_size = BATCH_SIZE.value or num_samples
     seed = pick(SEED.value, cfg.seed)
 
+    seq_len = job.method.seq_len
+    length = LENGTH.value or seq_len
+    if length > seq_len and {"suffix", "infill"} & set(conditioning):
+      raise ValueError(f"beyond the sequence ({seq_len} tokens) blocks continue a prefix: --suffix and"
+                       f" --infill do not combine with --length={length}")
     start = time.time()
-    tokens, used = draw_samples(job, params, model_state, settings, num_samples, batch_size, seed, clamped)
+    tokens, used = draw_long(job, params, model_state, settings, num_samples, batch_size, seed, clamped,
+                             length, pick(BLOCK_KEEP.value, seq_len // 2))
     seconds = time.time() - start
     exact = job.dataset.exact
-    true_nll = -exact.log_prob(tokens) if exact is not None else None
+    true_nll = -exact.log_prob(np.stack(tokens)) if exact is not None and length == seq_len else None
     base = dict(job.method.describe(), **used, **conditioning, seed=seed, checkpoint_step=int(step),
                 params=PARAMS.value)
     output = OUTPUT.value or os.path.join(workdir, "samples.jsonl")

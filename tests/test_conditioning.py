@@ -16,7 +16,7 @@ from ladd.data.tokenizers import CharTokenizer
 from ladd.diffusion import masking, sampling
 from ladd.diffusion.sampling import FREE, SamplerSettings
 from ladd.diffusion.schedules import Schedule
-from ladd.generate import clamped_from_text
+from ladd.generate import blockwise, clamped_from_text
 from ladd.methods import METHODS, Method, build_method
 
 V, L, COPY = 3, 4, 0.8
@@ -194,3 +194,23 @@ def test_prompt_suffix_and_infill_layout_and_errors():
     with pytest.raises(ValueError, match=message):
       clamped_from_text(data, **kwargs)
   assert data.decode(np.where(clamped == FREE, 7, clamped)) == "to __, a____"
+
+
+def test_blockwise_generation_continues_the_kept_tail_and_stops_at_eos():
+  calls = []
+
+  def draw_block(clamped, block):  # new tokens: 10 * block + position; clamps are kept
+    calls.append(clamped.copy())
+    return np.where(clamped == FREE, 10 * block + np.arange(clamped.shape[1]), clamped)
+
+  first = np.full((2, 6), FREE)
+  first[:, :2] = [[7, 8], [8, 7]]
+  rows = blockwise(draw_block, first, 13, 2)
+  np.testing.assert_array_equal(rows[0], [7, 8, 2, 3, 4, 5, 12, 13, 14, 15, 22, 23, 24])
+  assert len(calls) == 3 and all((c[:, 2:] == FREE).all() for c in calls[1:])
+  np.testing.assert_array_equal(calls[2][:, :2], [[14, 15], [14, 15]])  # the last two tokens of block 1
+  calls.clear()
+  rows = blockwise(draw_block, first, 40, 2, eos_id=13)  # block 1 emits 13 in every row
+  assert len(calls) == 2 and [len(r) for r in rows] == [8, 8] and rows[1][-1] == 13
+  with pytest.raises(ValueError, match="block_keep"):
+    blockwise(draw_block, first, 40, 6)
