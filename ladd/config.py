@@ -85,7 +85,8 @@ def default_config():
                   latent_steps=0, latent_sampler="ddim",  # LADD: N_y (0 = steps); ddim | ancestral
                   top_k=0, top_p=1.0,  # 0 / 1.0: no truncation
                   noise_bits=32,  # random bits per Gumbel draw: 32 (float32 uniform) | 64 (tail to ~45)
-                  latent_init="prior")  # sequential LADD with clamped tokens: prior | encoder
+                  latent_init="prior",  # latent drawn before the tokens: prior | encoder (LADD) | resample (VMD)
+                  latent_candidates=16)  # resample: prior draws weighed by the clamped tokens' likelihood
   c.eval = dict(num_batches=0, t_samples=1, seed=0,  # num_batches 0 = the whole held-out split
                 exact_samples=20000, exact_bins=32)  # exact-joint sources: samples drawn, 2D metric bins
   return c

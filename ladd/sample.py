@@ -35,7 +35,8 @@ LATENT_SAMPLER = absl_flags.DEFINE_enum("latent_sampler", None, ["ddim", "ancest
 TOP_K = absl_flags.DEFINE_integer("top_k", None, "Keep the k most probable tokens per position; 0 = all (default: config sample.top_k).")
 TOP_P = absl_flags.DEFINE_float("top_p", None, "Nucleus: keep the most probable tokens holding this mass; 1 = all (default: config sample.top_p).")
 NOISE_BITS = absl_flags.DEFINE_integer("noise_bits", None, "Random bits per Gumbel draw: 32 (float32 uniform) or 64 (default: config sample.noise_bits).")
-LATENT_INIT = absl_flags.DEFINE_enum("latent_init", None, ["prior", "encoder"], "Sequential LADD with clamped tokens: latent from the prior or the encoder of the clamped tokens.")
+LATENT_INIT = absl_flags.DEFINE_enum("latent_init", None, ["prior", "encoder", "resample"], "A latent drawn before the tokens, with clamped tokens: prior; encoder of the clamped tokens (sequential LADD); prior draws resampled by the clamps' likelihood (VMD).")
+LATENT_CANDIDATES = absl_flags.DEFINE_integer("latent_candidates", None, "latent_init=resample: prior draws to choose from (default: config sample.latent_candidates).")
 PROMPT = absl_flags.DEFINE_string("prompt", "", "Text every sample starts with.")
 SUFFIX = absl_flags.DEFINE_string("suffix", "", "Text every sample ends with.")
 INFILL = absl_flags.DEFINE_string("infill", "", "Template from position 0; each '_' is a generated token, the rest is kept.")
@@ -65,7 +66,8 @@ def main(argv):
         latent_steps=pick(LATENT_STEPS.value, cfg.latent_steps),
         latent_sampler=pick(LATENT_SAMPLER.value, cfg.latent_sampler),
         top_k=pick(TOP_K.value, cfg.top_k), top_p=pick(TOP_P.value, cfg.top_p),
-        noise_bits=pick(NOISE_BITS.value, cfg.noise_bits), latent_init=pick(LATENT_INIT.value, cfg.latent_init))
+        noise_bits=pick(NOISE_BITS.value, cfg.noise_bits), latent_init=pick(LATENT_INIT.value, cfg.latent_init),
+        latent_candidates=pick(LATENT_CANDIDATES.value, cfg.latent_candidates))
     conditioning = {name: flag.value for name, flag in (("prompt", PROMPT), ("suffix", SUFFIX), ("infill", INFILL))
                     if flag.value}
     clamped = clamped_from_text(job.dataset, **conditioning) if conditioning else None

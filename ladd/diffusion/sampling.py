@@ -18,6 +18,7 @@ import jax.numpy as jnp
 
 FREE = -1  # in a `clamped` array: a position the sampler generates
 NOISE_BITS = (32, 64)
+LATENT_INITS = ("prior", "encoder", "resample")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,9 +30,10 @@ class SamplerSettings:
   latent_steps: int = 0  # LADD sequential schedule: N_y latent steps (0 = same as steps)
   latent_sampler: str = "ddim"  # LADD Gaussian latent step: ddim | ancestral
   top_k: int = 0  # keep the k most probable tokens per position (0 = all)
-  top_p: float = 1.0  # keep the most probable tokens holding this much mass (1 = all)
+  top_p: float = 1.0  # keep the most probable tokens holding this much mass (1 = all); tokens only
   noise_bits: int = 32  # random bits per Gumbel draw: 32 (float32 uniform) | 64
-  latent_init: str = "prior"  # sequential LADD with clamped tokens: prior | encoder
+  latent_init: str = "prior"  # a latent drawn before the tokens: prior | encoder (LADD) | resample (VMD)
+  latent_candidates: int = 16  # latent_init "resample": prior draws weighed by the clamped tokens
 
   def __post_init__(self):
     if self.steps < 1:
@@ -50,8 +52,10 @@ class SamplerSettings:
       raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
     if self.noise_bits not in NOISE_BITS:
       raise ValueError(f"noise_bits must be one of {NOISE_BITS}, got {self.noise_bits}")
-    if self.latent_init not in ("prior", "encoder"):
-      raise ValueError(f"latent_init must be 'prior' or 'encoder', got {self.latent_init!r}")
+    if self.latent_init not in LATENT_INITS:
+      raise ValueError(f"latent_init must be one of {LATENT_INITS}, got {self.latent_init!r}")
+    if self.latent_candidates < 1:
+      raise ValueError(f"latent_candidates must be >= 1, got {self.latent_candidates}")
 
   @property
   def num_latent_steps(self):

@@ -201,6 +201,8 @@ class LatentDiffusion:
     return jnp.where(free, 0, clamped), free
 
   def sampler_used(self, settings):
+    if settings.latent_init == "resample":
+      raise ValueError("latent_init 'resample' is VMD's; sequential LADD takes 'prior' or 'encoder'")
     if not self.sequential and settings.latent_init != "prior":
       raise ValueError("the joint schedule denoises its latent with the tokens, seeing the clamped"
                        f" ones at every step: latent_init {settings.latent_init!r} applies to"

@@ -87,6 +87,6 @@ class MaskedDiffusion:
     """What `sample` runs with `settings`, as recorded beside every sample."""
     if settings.latent_init != "prior":
       raise ValueError(f"{self.name} draws no latent before the tokens: latent_init"
-                       f" {settings.latent_init!r} applies to sequential LADD only")
+                       f" {settings.latent_init!r} applies to sequential LADD and VMD only")
     return dict(sampling.settings_record(settings, not self.model_cfg.time_conditioning),
                 sampler="ancestral", N_y=self.latent_steps(settings))
