@@ -14,11 +14,13 @@ import os
 import time
 
 import jax
+import ml_collections
 import numpy as np
 from absl import app
 from absl import flags as absl_flags
 
 from ladd import flags
+from ladd.config import default_config
 from ladd.diffusion.sampling import SamplerSettings
 from ladd.errors import one_line_errors
 from ladd.generate import clamped_from_text, draw_long
@@ -59,7 +61,8 @@ def main(argv):
     flags.start_distributed()
     job, step, params, model_state = load_trained(flags.WORKDIR.value, STEP.value, PARAMS.value)
     workdir = os.path.abspath(flags.WORKDIR.value)
-    cfg = job.config.sample
+    # sampler keys newer than the checkpoint's stored config take their defaults
+    cfg = ml_collections.ConfigDict(dict(default_config().sample.to_dict(), **job.config.sample.to_dict()))
     settings = SamplerSettings(
         steps=pick(STEPS.value, cfg.steps), temperature=pick(TEMPERATURE.value, cfg.temperature),
         final_fill=pick(FINAL_FILL.value, cfg.final_fill), cache=cfg.cache and not NO_CACHE.value,
