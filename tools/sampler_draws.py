@@ -1,10 +1,10 @@
 """Every sampler's draws under a seed with scripted networks, saved so that two versions of
 the code can be compared bit for bit (the evidence that a refactor kept the samples).
 
-  git archive <commit> ladd configs tests | tar -x -C /tmp/old
-  (cd /tmp/old && PYTHONPATH=/tmp/old python $OLDPWD/tools/sampler_draws.py /tmp/old.npz)
-  PYTHONPATH=. python tools/sampler_draws.py /tmp/new.npz
-  python tools/sampler_draws.py --compare /tmp/old.npz /tmp/new.npz
+  mkdir /tmp/old && git archive <commit> ladd configs tests | tar -x -C /tmp/old && cp -r tools /tmp/old
+  (cd /tmp/old && python -m tools.sampler_draws /tmp/old.npz)
+  python -m tools.sampler_draws /tmp/new.npz
+  python -m tools.sampler_draws --compare /tmp/old.npz /tmp/new.npz
 """
 
 import sys
