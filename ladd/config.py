@@ -17,6 +17,7 @@ def default_config():
       tfds_name="", tfds_data_dir="", tfds_train_split="train",
       tfds_eval_split="validation", tfds_text_key="text",
       binsaw_saws=2, binsaw_floor=0.01,
+      sudoku_pool=256,  # sudoku: boards are transforms of this many backtracked grids per split
       eval_plays=("hamlet", "the-tempest", "twelfth-night"),
       # Toys with an exact joint (method.md §5; sources checkerboard | swiss_roll | circles |
       # copy | parity | mixture | product): 2D points in toy_bins bins per coordinate;
@@ -88,7 +89,11 @@ def default_config():
   )
   c.mesh = dict(data=-1, fsdp=1, tensor=1)
   c.sample = dict(steps=128, num_samples=8, temperature=1.0, final_fill="sample", cache=True, seed=0,
-                  latent_steps=0, latent_sampler="ddim")  # LADD: N_y (0 = steps); ddim | ancestral
+                  latent_steps=0, latent_sampler="ddim",  # LADD: N_y (0 = steps); ddim | ancestral
+                  top_k=0, top_p=1.0,  # 0 / 1.0: no truncation
+                  noise_bits=32,  # random bits per Gumbel draw: 32 (float32 uniform) | 64 (tail to ~45)
+                  latent_init="prior",  # latent drawn before the tokens: prior | encoder (LADD) | resample (VMD)
+                  latent_candidates=16)  # resample: prior draws weighed by the clamped tokens' likelihood
   c.eval = dict(num_batches=0, t_samples=1, seed=0,  # num_batches 0 = the whole held-out split
                 exact_samples=20000, exact_bins=32)  # exact-joint sources: samples drawn, 2D metric bins
   return c

@@ -73,9 +73,24 @@ def test_sample_records_every_setting(trained):
     records = [json.loads(line) for line in f]
   assert len(records) == 2
   for key, value in dict(method="mdlm", steps=3, seed=5, temperature=0.9, checkpoint_step=4,
-                         schedule="linear", dtype="float32", final_fill="sample", params="ema").items():
+                         mask_schedule="linear", dtype="float32", final_fill="sample", params="ema").items():
     assert records[0][key] == value
   assert 1 <= records[0]["nfe"] <= 4 and len(records[0]["text"]) == 32
+
+
+def test_sample_continues_a_prompt_and_records_it(trained):
+  output = os.path.join(trained, "prompted.jsonl")
+  result = run("ladd.sample", f"--workdir={trained}", "--prompt=ROMEO:", "--steps=64", "--num_samples=2",
+               "--top_k=5", "--length=60", "--block_keep=16", f"--output={output}", "--quiet")
+  assert result.returncode == 0, result.stderr[-2000:]
+  with open(output) as f:
+    records = [json.loads(line) for line in f]
+  assert len(records) == 2
+  for record in records:  # blocks of 32: 32 + 16 + 16 new tokens, cut to 60
+    assert record["prompt"] == "ROMEO:" and record["text"].startswith("ROMEO:")
+    assert (record["top_k"], record["sampler"], record["noise_bits"], record["blocks"]) == (5, "ancestral", 32, 3)
+    assert len(record["tokens"]) == 60 == len(record["text"]) and min(record["tokens"]) >= 0
+    assert 3 <= record["nfe"] <= 3 * 65
 
 
 def test_evaluate_reports_the_bound_and_estimator(trained):
@@ -119,6 +134,8 @@ def test_bad_train_input_fails_cleanly_and_keeps_the_workdir(trained, case):
 @pytest.mark.parametrize("module,flags,expected", [
     ("ladd.sample", ["--steps=0"], "steps must be >= 1"),
     ("ladd.sample", ["--temperature=-1"], "temperature must be > 0"),
+    ("ladd.sample", ["--prompt=" + "ROMEO: " * 6], "do not fit in the sequence of 32 tokens"),
+    ("ladd.sample", ["--prompt=ROMEO€"], "outside the tokenizer's alphabet"),
     ("ladd.evaluate", ["--t_samples=-1"], "t_samples must be >= 1"),
     ("ladd.evaluate", ["--bound_steps=4,0"], "bound_steps must be >= 1"),
     ("ladd.evaluate", ["--checkpoint_step=99"], "step 99 not found"),

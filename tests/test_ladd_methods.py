@@ -57,7 +57,7 @@ def test_every_variant_loads_and_builds(module, variant):
   method = build_method(config, vocab)
   expected = ("co_ladd" if variant.startswith("co") else "di_ladd",
               "sequential" if "_seq" in variant else "joint")
-  assert (method.name, method.describe()["schedule"]) == expected
+  assert (method.name, method.describe()["latent_schedule"]) == expected
   if variant.endswith("_tiny"):
     with nnx.use_eager_sharding(False):
       shapes = nnx.eval_shape(lambda: method.init_model(nnx.Rngs(0)))
@@ -212,7 +212,7 @@ def test_end_to_end_train_sample_evaluate(trained):
   tokens, nfe = sample(job, params, model_state, SamplerSettings(steps=2, latent_steps=2, cache=False), 4, 4, seed=0)
   assert tokens.shape == (4, job.config.data.seq_len) and set(np.unique(tokens)) <= {0, 1}
   assert nfe == {("co_ladd", "joint"): 3, ("co_ladd", "sequential"): 5,
-                 ("di_ladd", "joint"): 3, ("di_ladd", "sequential"): 6}[job.method.name, job.method.describe()["schedule"]]
+                 ("di_ladd", "joint"): 3, ("di_ladd", "sequential"): 6}[job.method.name, job.method.describe()["latent_schedule"]]
   assert np.isfinite(job.dataset.exact.log_prob(tokens)).all()
 
 
@@ -224,8 +224,8 @@ def test_sample_entry_point_records_both_step_counts(trained):
   assert result.returncode == 0, result.stderr[-2000:]
   with open(os.path.join(workdir, "samples.jsonl")) as f:
     record = json.loads(f.readline())
-  sequential = job.method.describe()["schedule"] == "sequential"
+  sequential = job.method.describe()["latent_schedule"] == "sequential"
   assert (record["method"], record["N_x"], record["N_y"]) == (job.method.name, 2, 3 if sequential else 2)
   assert record["nfe"] == {("co_ladd", True): 6, ("di_ladd", False): 3}[job.method.name, sequential]
   assert (record["seed"], record["temperature"], record["dtype"]) == (4, 1.0, job.config.model.dtype)
-  assert record["schedule"] == job.config.latent.schedule and record["bound"] == job.method.bound_statement
+  assert record["latent_schedule"] == job.config.latent.schedule and record["bound"] == job.method.bound_statement

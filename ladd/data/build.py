@@ -5,7 +5,7 @@ from pathlib import Path
 
 import grain
 
-from ladd.data import binsaw, toys
+from ladd.data import binsaw, sudoku, toys
 from ladd.data.dataset import Dataset
 from ladd.data.errors import DataError
 from ladd.data.seeded import SeededSource
@@ -37,6 +37,23 @@ def _binsaw(cfg, workdir: Path | None) -> Dataset:
       shuffle_seed=cfg.shuffle_seed, num_workers=cfg.num_workers,
       exact=exact,
       mask_symbol="_", id_separator="")
+
+
+def _sudoku(cfg, workdir: Path | None) -> Dataset:
+  del workdir  # generated on the fly, nothing to cache
+  if cfg.seq_len != sudoku.CELLS or cfg.sudoku_pool < 1:
+    raise DataError(f"sudoku needs data.seq_len = {sudoku.CELLS} (one token per cell) and"
+                    f" data.sudoku_pool >= 1, got {cfg.seq_len} and {cfg.sudoku_pool}")
+
+  def split(split_id: int, num_examples: int) -> grain.MapDataset:
+    return grain.MapDataset.source(
+        sudoku.SolutionSource(cfg.shuffle_seed, split_id, num_examples, cfg.sudoku_pool))
+
+  return Dataset(
+      vocab_size=sudoku.SIZE, seq_len=sudoku.CELLS,
+      train_examples=split(0, sudoku.TRAIN_LENGTH), eval_examples=split(1, sudoku.EVAL_LENGTH),
+      shuffle_seed=cfg.shuffle_seed, num_workers=cfg.num_workers,
+      tokenizer=sudoku.DigitTokenizer(), mask_symbol="_")
 
 
 def _text_dataset(cfg, workdir: Path | None, corpus: TextCorpus) -> Dataset:
@@ -107,7 +124,7 @@ def _array_record(cfg, workdir: Path | None) -> Dataset:
 
 
 _BUILDERS = {
-    "shakespeare": _shakespeare, "binsaw": _binsaw, "text": _text, "npy": _npy,
+    "shakespeare": _shakespeare, "binsaw": _binsaw, "sudoku": _sudoku, "text": _text, "npy": _npy,
     "array_record": _array_record, "tfds": _tfds,
     **{name: toys.toy_dataset for name in toys.TOYS},
 }

@@ -42,6 +42,11 @@ def _check(name, value, allowed):
     raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
 
 
+def slot_normalised(y0):
+  """Norm sqrt(d) per slot: the scale of a N(0, I) draw."""
+  return y0 * jax.lax.rsqrt(jnp.sum(jnp.square(y0), -1, keepdims=True) + 1e-12) * jnp.sqrt(y0.shape[-1])
+
+
 def per_sequence_sq(a, b):
   return jnp.sum(jnp.square(a - b).reshape(a.shape[0], -1), -1)
 
@@ -104,7 +109,7 @@ class LatentDiffusion:
     return backbone + train_flops_per_token(enc_cfg, self.seq_len + s.slots)
 
   def describe(self):
-    return {"method": self.name, "schedule": self.lat.schedule, "mask_schedule": self.schedule.kind,
+    return {"method": self.name, "latent_schedule": self.lat.schedule, "mask_schedule": self.schedule.kind,
             "latent_slots": self.spec.slots, "latent_dim": self.spec.dim,
             "time_conditioning": self.model_cfg.time_conditioning, "dtype": self.model_cfg.dtype,
             "bound": self.bound_statement}
@@ -197,7 +202,7 @@ class LatentDiffusion:
       total = total + self.lat.w_y * loss_y.sum()
     return total / num_tokens
 
-  def _token_phase(self, model, key, num_samples, settings, latent, t_y, latent_masked=None):
+  def _token_phase(self, model, key, num_samples, settings, latent, t_y, latent_masked=None, clamped=None):
     """N_x ancestral token steps (with caching) given a fixed latent: returns (x, nfe)."""
     def denoise(x_t, t):
       batch = x_t.shape[0]
@@ -206,10 +211,43 @@ class LatentDiffusion:
 
     time_conditioned = self.model_cfg.time_conditioning
     return sampling.ancestral_sample(denoise, key, (num_samples, self.seq_len), self.schedule,
-                                     settings, self.mask_id, time_conditioned)
+                                     settings, self.mask_id, time_conditioned, clamped)
 
-  def _token_log_probs(self, logits, x_t, temperature):
-    return sampling.tempered(masking.subs_log_probs(logits, x_t, self.vocab_size, self.mask_id), temperature)
+  def sample(self, model, key, num_samples, settings, clamped=None):
+    """Tokens [N, L] and {"nfe", "nfe_x", "nfe_y"}. Clamped tokens are seen at every step
+    of the joint schedule; the sequential one draws its latent before any token, from the
+    prior (settings.latent_init "prior") or from the encoder given the clamped tokens
+    ("encoder")."""
+    self.sampler_used(settings)  # rejects a latent_init this schedule cannot use
+    if not self.sequential:
+      return self._sample_joint(model, key, num_samples, settings, clamped)
+    if settings.latent_init == "encoder":
+      if clamped is None:
+        raise ValueError("latent_init 'encoder' encodes the clamped tokens: give some")
+      latent, masked = self._encoded_clamps(model, clamped, num_samples)
+      x, nfe_x = self._token_phase(model, key, num_samples, settings, latent, 0.0, masked, clamped)
+      return x, {"nfe": nfe_x + 1, "nfe_x": nfe_x, "nfe_y": jnp.int32(1)}
+    return self._sample_sequential(model, key, num_samples, settings, clamped)
+
+  def _encoder_input(self, clamped, num_samples):
+    """(x0, dropped) for the encoder: the free positions dropped, as training corruption
+    drops masked ones (so the latent is in distribution when latent.corruption_max > 0)."""
+    clamped = jnp.broadcast_to(jnp.asarray(clamped, jnp.int32), (num_samples, self.seq_len))
+    free = clamped == sampling.FREE
+    return jnp.where(free, 0, clamped), free
+
+  def sampler_used(self, settings):
+    if settings.latent_init == "resample":
+      raise ValueError("latent_init 'resample' is VMD's; sequential LADD takes 'prior' or 'encoder'")
+    if not self.sequential and settings.latent_init != "prior":
+      raise ValueError("the joint schedule denoises its latent with the tokens, seeing the clamped"
+                       f" ones at every step: latent_init {settings.latent_init!r} applies to"
+                       " sequential schedules only")
+    used = dict(sampling.settings_record(settings, self.sequential and not self.model_cfg.time_conditioning),
+                sampler=f"{self.lat.schedule} ancestral", N_y=self.latent_steps(settings))
+    if self.sequential:
+      used["latent_init"] = settings.latent_init
+    return used
 
   def nelbo(self, model, x0, key):
     """Per-sequence nelbo = elbo_x + elbo_y [B], a bound where `quantities` says so."""
@@ -272,8 +310,8 @@ class CoLadd(LatentDiffusion):
     only, never to the encoder's mean (see the choice in _terms)."""
     enc_key, noise_key = jax.random.split(key)
     y0 = self._encode(model, x0, x_t, enc_key, training)
-    if self.lat.l2_norm:  # norm sqrt(d) per slot: the scale of a N(0, I) draw
-      y0 = y0 * jax.lax.rsqrt(jnp.sum(jnp.square(y0), -1, keepdims=True) + 1e-12) * jnp.sqrt(y0.shape[-1])
+    if self.lat.l2_norm:
+      y0 = slot_normalised(y0)
     target = jax.lax.stop_gradient(y0)
     sigma0 = self._sigma0(model)
     if sigma0 is not None:
@@ -427,41 +465,37 @@ class CoLadd(LatentDiffusion):
       return gaussian.ancestral_step(self.latent_schedule, key, y, y0_hat, t, s)
     return gaussian.ddim_step(self.latent_schedule, y, y0_hat, t, s)
 
-  def sample(self, model, key, num_samples, settings):
-    if self.sequential:
-      return self._sample_sequential(model, key, num_samples, settings)
-    return self._sample_joint(model, key, num_samples, settings)
+  def sampler_used(self, settings):
+    used = dict(super().sampler_used(settings), latent_sampler=settings.latent_sampler)
+    if self.sequential and settings.latent_init == "encoder":
+      used.update(N_y=0, latent_sampler="none: encoder")
+    return used
 
-  def _sample_joint(self, model, key, num_samples, settings):
+  def _encoded_clamps(self, model, clamped, num_samples):
+    y0 = model.encoder(*self._encoder_input(clamped, num_samples))
+    return (slot_normalised(y0) if self.lat.l2_norm else y0), None
+
+  def _sample_joint(self, model, key, num_samples, settings, clamped):
     """N steps of (token ancestral step, latent DDIM step) from one call each; a final call
-    fills the remaining masks and sets y = y0-hat. NFE = N + 1."""
-    grid = sampling.time_grid(settings.steps, self.schedule.eps)
+    fills the remaining masks. NFE = N + 1."""
     latent_time = lambda t: gaussian.time_shift(t, self.lat.time_shift)
     init_key, key = jax.random.split(key)
-    x = jnp.full((num_samples, self.seq_len), self.mask_id, jnp.int32)
     y = jax.random.normal(init_key, (num_samples, self.spec.slots, self.spec.dim), jnp.float32)
 
-    def call(x, y, t):
+    def denoise(x, t, y):
       full = lambda v: jnp.full((num_samples,), v)
       logits, y0_hat = model.denoiser(x, y, full(t), full(latent_time(t)))
-      return self._token_log_probs(logits, x, settings.temperature), y0_hat
+      return masking.subs_log_probs(logits, x, self.vocab_size, self.mask_id), y0_hat
 
-    def body(i, carry):
-      x, y, key = carry
-      key, x_key, y_key = jax.random.split(key, 3)
-      t, s = grid[i], grid[i + 1]
-      log_probs, y0_hat = call(x, y, t)
-      x = sampling.unmask_step(x_key, x, log_probs, self.schedule.alpha(t), self.schedule.alpha(s), self.mask_id)
-      y = self._latent_step(y_key, y, y0_hat, latent_time(t), latent_time(s), settings)
-      return x, y, key
+    def advance(key, y, y0_hat, t, s):
+      return self._latent_step(key, y, y0_hat, latent_time(t), latent_time(s), settings)
 
-    x, y, key = jax.lax.fori_loop(0, settings.steps, body, (x, y, key))
-    log_probs, y0_hat = call(x, y, grid[-1])
-    x = sampling.fill_masks(key, x, log_probs, self.mask_id, settings.final_fill)
-    nfe = settings.steps + 1
-    return x, {"nfe": jnp.int32(nfe), "nfe_x": jnp.int32(nfe), "nfe_y": jnp.int32(0)}
+    x, nfe = sampling.ancestral_sample(
+        denoise, key, (num_samples, self.seq_len), self.schedule, settings, self.mask_id,
+        self.model_cfg.time_conditioning, clamped, sampling.LatentChannel(y, advance))
+    return x, {"nfe": nfe, "nfe_x": nfe, "nfe_y": jnp.int32(0)}
 
-  def _sample_sequential(self, model, key, num_samples, settings):
+  def _sample_sequential(self, model, key, num_samples, settings, clamped):
     """N_y g_psi steps (the last one returns y0-hat itself), then N_x token steps with the
     clean latent at t_y = 0. NFE = N_y small g_psi calls + the token sampler's calls."""
     steps_y = settings.num_latent_steps
@@ -478,7 +512,7 @@ class CoLadd(LatentDiffusion):
       return jnp.where(i == steps_y - 1, y0_hat, y_next), key
 
     y, _ = jax.lax.fori_loop(0, steps_y, body, (y, latent_key))
-    x, nfe_x = self._token_phase(model, token_key, num_samples, settings, y, 0.0)
+    x, nfe_x = self._token_phase(model, token_key, num_samples, settings, y, 0.0, clamped=clamped)
     return x, {"nfe": nfe_x + steps_y, "nfe_x": nfe_x, "nfe_y": jnp.int32(steps_y)}
 
 
@@ -569,11 +603,6 @@ class DiLadd(LatentDiffusion):
       fill_logits = lambda x, t: model.denoiser(x, z, t, t_y_end, codes_end == self.code_mask)[0]
     return elbo_x + self._token_fill(keys[1], x0, fill_logits), elbo_y
 
-  def sample(self, model, key, num_samples, settings):
-    if self.sequential:
-      return self._sample_sequential(model, key, num_samples, settings)
-    return self._sample_joint(model, key, num_samples, settings)
-
   def nstep_nelbo(self, model, x0, key, steps, latent_steps=0):
     """The N-step bound of the temperature-1 sampler, per sequence [B] (nats), along the
     sampler's own path: -log p(x0) <= -log p(x0, y0 = VQ(x0)) (the quantiser is deterministic
@@ -632,39 +661,39 @@ class DiLadd(LatentDiffusion):
   def _code_log_probs(self, logits_y, codes, temperature):
     return sampling.tempered(masking.subs_log_probs(logits_y, codes, self.code_mask, self.code_mask), temperature)
 
-  def _sample_joint(self, model, key, num_samples, settings):
-    """Both channels take the masked ancestral step on the same grid (codes on their own
-    schedule); a final call fills both. NFE = N + 1."""
-    grid = sampling.time_grid(settings.steps, self.schedule.eps)
-    x = jnp.full((num_samples, self.seq_len), self.mask_id, jnp.int32)
-    codes = jnp.full((num_samples, self.spec.slots), self.code_mask, jnp.int32)
+  def sampler_used(self, settings):
+    used = super().sampler_used(settings)
+    if self.sequential and settings.latent_init == "encoder":
+      used["N_y"] = 0
+    return used
 
-    def call(x, codes, t):
+  def _encoded_clamps(self, model, clamped, num_samples):
+    ids, _ = model.quantizer(model.encoder(*self._encoder_input(clamped, num_samples)), update=False)
+    return self._code_vectors(model, ids)
+
+  def _sample_joint(self, model, key, num_samples, settings, clamped):
+    """Both channels take the masked ancestral step on the same grid (codes on their own
+    schedule, as the loop's latent channel); a final call fills the tokens. NFE = N + 1."""
+    codes = jnp.full((num_samples, self.spec.slots), self.code_mask, jnp.int32)
+    code_time = lambda t: gaussian.time_shift(t, self.lat.time_shift)
+
+    def denoise(x, t, codes):
       full = jnp.full((num_samples,), t)
       vectors, masked = self._code_vectors(model, codes)
-      logits, logits_y = model.denoiser(x, vectors, full, gaussian.time_shift(full, self.lat.time_shift), masked)
-      return (self._token_log_probs(logits, x, settings.temperature),
+      logits, logits_y = model.denoiser(x, vectors, full, code_time(full), masked)
+      return (masking.subs_log_probs(logits, x, self.vocab_size, self.mask_id),
               self._code_log_probs(logits_y, codes, settings.temperature))
 
-    def body(i, carry):
-      x, codes, key = carry
-      key, x_key, y_key = jax.random.split(key, 3)
-      t, s = grid[i], grid[i + 1]
-      t_y, s_y = (gaussian.time_shift(v, self.lat.time_shift) for v in (t, s))
-      lp_x, lp_y = call(x, codes, t)
-      x = sampling.unmask_step(x_key, x, lp_x, self.schedule.alpha(t), self.schedule.alpha(s), self.mask_id)
-      codes = sampling.unmask_step(y_key, codes, lp_y, self.code_schedule.alpha(t_y),
-                                   self.code_schedule.alpha(s_y), self.code_mask)
-      return x, codes, key
+    def advance(key, codes, code_log_probs, t, s):
+      return sampling.unmask_step(key, codes, code_log_probs, self.code_schedule.alpha(code_time(t)),
+                                  self.code_schedule.alpha(code_time(s)), self.code_mask, settings.noise_bits)
 
-    x, codes, key = jax.lax.fori_loop(0, settings.steps, body, (x, codes, key))
-    lp_x, lp_y = call(x, codes, grid[-1])
-    x_key, y_key = jax.random.split(key)
-    x = sampling.fill_masks(x_key, x, lp_x, self.mask_id, settings.final_fill)
-    nfe = settings.steps + 1
-    return x, {"nfe": jnp.int32(nfe), "nfe_x": jnp.int32(nfe), "nfe_y": jnp.int32(0)}
+    x, nfe = sampling.ancestral_sample(
+        denoise, key, (num_samples, self.seq_len), self.schedule, settings, self.mask_id,
+        self.model_cfg.time_conditioning, clamped, sampling.LatentChannel(codes, advance))
+    return x, {"nfe": nfe, "nfe_x": nfe, "nfe_y": jnp.int32(0)}
 
-  def _sample_sequential(self, model, key, num_samples, settings):
+  def _sample_sequential(self, model, key, num_samples, settings, clamped):
     """N_y code steps with every token masked (t_x = 1), then N_x token steps with the codes
     fixed (t_y = 0); both phases are the §1 ancestral sampler (with its caching)."""
     latent_key, token_key = jax.random.split(key)
@@ -678,10 +707,10 @@ class DiLadd(LatentDiffusion):
 
     code_settings = sampling.SamplerSettings(
         steps=settings.num_latent_steps, temperature=settings.temperature,
-        final_fill=settings.final_fill, cache=settings.cache)
+        final_fill=settings.final_fill, cache=settings.cache, noise_bits=settings.noise_bits)
     codes, nfe_y = sampling.ancestral_sample(
         denoise_codes, latent_key, (num_samples, self.spec.slots), self.code_schedule, code_settings,
         self.code_mask, self.spec.condition_ty)
     vectors, masked = self._code_vectors(model, codes)
-    x, nfe_x = self._token_phase(model, token_key, num_samples, settings, vectors, 0.0, masked)
+    x, nfe_x = self._token_phase(model, token_key, num_samples, settings, vectors, 0.0, masked, clamped)
     return x, {"nfe": nfe_x + nfe_y, "nfe_x": nfe_x, "nfe_y": nfe_y}

@@ -49,7 +49,7 @@ class MaskedDiffusion:
     return train_flops_per_token(self.model_cfg, self.seq_len)
 
   def describe(self):
-    return {"method": self.name, "schedule": self.schedule.kind,
+    return {"method": self.name, "mask_schedule": self.schedule.kind,
             "time_conditioning": self.model_cfg.time_conditioning, "dtype": self.model_cfg.dtype,
             "bound": self.bound_statement}
 
@@ -100,13 +100,22 @@ class MaskedDiffusion:
                "mask_fraction": jnp.mean(x_t == self.mask_id)}
     return loss, metrics
 
-  def sample(self, model, key, num_samples, settings):
-    """Returns (tokens [N, L], {"nfe": calls}); the whole loop is one jit-able function."""
+  def sample(self, model, key, num_samples, settings, clamped=None):
+    """Returns (tokens [N, L], {"nfe": calls}); the whole loop is one jit-able function.
+    `clamped` (int, broadcastable to [N, L], sampling.FREE where generated) fixes tokens."""
     def denoise(x_t, t):
       logits = model(x_t, jnp.full((x_t.shape[0],), t))
       return masking.subs_log_probs(logits, x_t, self.vocab_size, self.mask_id)
 
     tokens, nfe = sampling.ancestral_sample(
         denoise, key, (num_samples, self.seq_len), self.schedule, settings,
-        self.mask_id, self.model_cfg.time_conditioning)
+        self.mask_id, self.model_cfg.time_conditioning, clamped)
     return tokens, {"nfe": nfe}
+
+  def sampler_used(self, settings):
+    """What `sample` runs with `settings`, as recorded beside every sample."""
+    if settings.latent_init != "prior":
+      raise ValueError(f"{self.name} draws no latent before the tokens: latent_init"
+                       f" {settings.latent_init!r} applies to sequential LADD and VMD only")
+    return dict(sampling.settings_record(settings, not self.model_cfg.time_conditioning),
+                sampler="ancestral", N_y=self.latent_steps(settings))

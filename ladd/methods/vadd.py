@@ -176,30 +176,23 @@ class VariationalAutoencodingDiffusion(LatentVariableDiffusion):
                    - gaussian_latent.diagonal_gaussian_log_prob(z, mean, log_var))
     return {"nelbo": math.log(num_z) - jax.nn.logsumexp(log_weights, axis=0)}
 
-  def sample(self, model, key, num_samples, settings):
-    """The §1 ancestral sampler with a fresh z ~ N(0, I) at every step (and the final fill).
+  def sample(self, model, key, num_samples, settings, clamped=None):
+    """The §1 ancestral sampler with a fresh z ~ N(0, I) at every step (and the final fill):
+    z is a latent channel whose step draws the next one. The output cache does not apply
+    (the network input z changes at every step even when no token does): NFE = steps + 1."""
+    z_key, key = jax.random.split(key)
+    draw_z = lambda key: jax.random.normal(key, (num_samples, self.latent_dim), jnp.float32)
 
-    The output cache of `sampling.ancestral_sample` does not apply: the network input z
-    changes at every step even when no token does, so NFE = steps + 1 always.
-    """
-    grid = sampling.time_grid(settings.steps, self.schedule.eps)
-
-    def denoise(x_t, t, z_key):
-      z = jax.random.normal(z_key, (num_samples, self.latent_dim), jnp.float32)
+    def denoise(x_t, t, z):
       logits = model(x_t, jnp.full((num_samples,), t), z)
-      return sampling.tempered(masking.subs_log_probs(logits, x_t, self.vocab_size, self.mask_id),
-                               settings.temperature)
+      return masking.subs_log_probs(logits, x_t, self.vocab_size, self.mask_id), None
 
-    def body(i, carry):
-      x, key = carry
-      key, z_key, step_key = jax.random.split(key, 3)
-      log_probs = denoise(x, grid[i], z_key)
-      alpha_t, alpha_s = self.schedule.alpha(grid[i]), self.schedule.alpha(grid[i + 1])
-      return sampling.unmask_step(step_key, x, log_probs, alpha_t, alpha_s, self.mask_id), key
+    fresh_z = sampling.LatentChannel(draw_z(z_key), lambda key, z, out, t, s: draw_z(key))
+    tokens, nfe = sampling.ancestral_sample(
+        denoise, key, (num_samples, self.seq_len), self.schedule, settings, self.mask_id,
+        self.model_cfg.time_conditioning, clamped, latent=fresh_z)
+    return tokens, {"nfe": nfe}
 
-    x = jnp.full((num_samples, self.seq_len), self.mask_id, jnp.int32)
-    x, key = jax.lax.fori_loop(0, settings.steps, body, (x, key))
-    z_key, fill_key = jax.random.split(key)
-    x = sampling.fill_masks(fill_key, x, denoise(x, grid[-1], z_key), self.mask_id,
-                            settings.final_fill)
-    return x, {"nfe": jnp.int32(settings.steps + 1)}
+  def sampler_used(self, settings):
+    return dict(super().sampler_used(settings), sampler="ancestral, fresh z per step",
+                cache=False)

@@ -106,20 +106,64 @@ class VariationalMaskedDiffusion(LatentVariableDiffusion):
     kl = gaussian_latent.kl_to_standard_normal(mean, log_var).sum(-1)
     return {"nelbo": recon + kl, "recon": recon, "kl": kl}
 
-  def sample(self, model, key, num_samples, settings):
-    """z ~ N(0, I) once, then the §1 ancestral sampler conditioned on it. The output cache
-    stays valid because z is fixed; argmax decoding also fills the last step by argmax."""
+  def sample(self, model, key, num_samples, settings, clamped=None):
+    """z once, then the §1 ancestral sampler conditioned on it. The output cache stays
+    valid because z is fixed; argmax decoding also fills the last step by argmax.
+
+    z ~ N(0, I) (settings.latent_init "prior"), or, to agree with clamped tokens,
+    "resample": K = settings.latent_candidates prior draws weighted by the likelihood of the
+    clamped tokens under p(x0^i | all masked, z) at t = 1 (their product over the clamped
+    positions), one of them drawn by weight: sampling-importance-resampling towards
+    p(z | clamps), K extra calls. (The posterior q(z | x0, m_t) cannot serve: it reads x0
+    at every position, masked ones included.)"""
+    self.sampler_used(settings)  # rejects a latent_init VMD cannot use
     z_key, key = jax.random.split(key)
-    z = jax.random.normal(z_key, (num_samples, self.latent_dim), jnp.float32)
+    extra_calls = 0
+    if settings.latent_init == "resample":
+      if clamped is None:
+        raise ValueError("latent_init 'resample' weighs z by the clamped tokens: give some")
+      z = self._resampled_z(model, z_key, num_samples, settings.latent_candidates, clamped)
+      extra_calls = settings.latent_candidates
+    else:
+      z = jax.random.normal(z_key, (num_samples, self.latent_dim), jnp.float32)
 
     def denoise(x_t, t):
       logits = model(x_t, jnp.full((num_samples,), t), z)
       log_probs = masking.subs_log_probs(logits, x_t, self.vocab_size, self.mask_id)
       return argmax_log_probs(log_probs) if self.decoding == "argmax" else log_probs
 
-    if self.decoding == "argmax":
-      settings = dataclasses.replace(settings, final_fill="argmax")
     tokens, nfe = sampling.ancestral_sample(
-        denoise, key, (num_samples, self.seq_len), self.schedule, settings, self.mask_id,
-        self.model_cfg.time_conditioning)
-    return tokens, {"nfe": nfe}
+        denoise, key, (num_samples, self.seq_len), self.schedule, self._settings_used(settings),
+        self.mask_id, self.model_cfg.time_conditioning, clamped)
+    return tokens, {"nfe": nfe + extra_calls}
+
+  def _resampled_z(self, model, key, num_samples, candidates, clamped):
+    cand_key, pick_key = jax.random.split(key)
+    z = jax.random.normal(cand_key, (candidates, num_samples, self.latent_dim), jnp.float32)
+    clamped = jnp.broadcast_to(jnp.asarray(clamped, jnp.int32), (num_samples, self.seq_len))
+    given = clamped != sampling.FREE
+    all_masked = jnp.full((num_samples, self.seq_len), self.mask_id, jnp.int32)
+
+    def clamp_log_likelihood(z):
+      logits = model(all_masked, jnp.ones((num_samples,)), z)
+      log_probs = masking.subs_log_probs(logits, all_masked, self.vocab_size, self.mask_id)
+      per_token = jnp.take_along_axis(log_probs, jnp.where(given, clamped, 0)[..., None], -1)[..., 0]
+      return jnp.sum(jnp.where(given, per_token, 0.0), -1)
+
+    log_weights = jax.lax.map(clamp_log_likelihood, z)  # [K, N]
+    choice = sampling.categorical(pick_key, log_weights.T)
+    return z[choice, jnp.arange(num_samples)]
+
+  def _settings_used(self, settings):
+    return dataclasses.replace(settings, final_fill="argmax") if self.decoding == "argmax" else settings
+
+  def sampler_used(self, settings):
+    if settings.latent_init == "encoder":
+      raise ValueError("VMD has no encoder of partial sequences (its posterior needs x0 at every"
+                       " position): use latent_init 'prior' or 'resample'")
+    used = dict(super().sampler_used(dataclasses.replace(
+        self._settings_used(settings), latent_init="prior")), latent_init=settings.latent_init,
+                sampler=f"ancestral, global z, {self.decoding} decoding")
+    if settings.latent_init == "resample":
+      used["latent_candidates"] = settings.latent_candidates
+    return used
