@@ -18,7 +18,7 @@ def get_config(variant=""):
                 tfds_train_split="train[:-100000]", tfds_eval_split="train[-100000:]",
                 tokenizer="bpe", bpe_vocab_size=50257, seq_len=1024, batch_size=512,
                 eval_batch_size=512, num_workers=8)
-  c.model.update(d_model=768, n_layers=12, n_heads=12, cond_dim=128, dtype="bfloat16", remat=True)
+  c.model.update(d_model=768, n_layers=12, n_heads=12, cond_dim=128, dtype="bfloat16", remat="full")
   c.optim.update(lr=3e-4, warmup_steps=2500, weight_decay=0.0, ema_decay=0.9999)
   c.train.update(steps=1_000_000, log_every=100, eval_every=10_000, eval_batches=64,
                  checkpoint_every=5_000, keep_checkpoints=3)

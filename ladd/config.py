@@ -25,8 +25,9 @@ def default_config():
   )
   c.model = dict(
       d_model=256, n_layers=4, n_heads=4, mlp_ratio=4, cond_dim=128,
-      time_conditioning=False, dtype="float32", remat=False, attention_impl="xla",
-      vocab_pad_multiple=128,
+      time_conditioning=False, dtype="float32", attention_impl="xla", vocab_pad_multiple=128,
+      remat="none",  # none | full | dots_saveable: what each block keeps for the backward pass
+      scan_layers=False,  # one nnx.scan over stacked blocks (one compiled layer) instead of a Python loop
   )
   c.diffusion = dict(
       schedule="linear",  # linear | cosine | polynomial

@@ -50,7 +50,10 @@ def config_record(config, vocab_size):
 def config_from_record(record):
   record = dict(record)
   record.pop("vocab_size", None)
-  return ml_collections.ConfigDict(record)
+  model = dict(record.get("model", {}))
+  if isinstance(model.get("remat"), bool):  # records written before model.remat named a policy
+    model["remat"] = "full" if model["remat"] else "none"
+  return ml_collections.ConfigDict(dict(record, model=model))
 
 
 @dataclasses.dataclass

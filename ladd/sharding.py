@@ -25,6 +25,7 @@ LOGICAL_RULES = (
     ("codes", None),  # Di-LADD code ids (codebook size K + MASK)
     ("position", None),  # absolute positions (the LADD encoder's position embedding)
     ("freq", "fsdp"),
+    ("layers", None),  # the stacked-blocks axis of model.scan_layers: every device holds every layer
 )
 
 

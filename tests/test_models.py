@@ -55,10 +55,13 @@ def perturbed_params():
   return perturb(nnx.split(build())[1])
 
 
-def perturbed(cfg):
+def graphdef_of(cfg):
   with nnx.use_eager_sharding(False):
-    graphdef = nnx.graphdef(nnx.eval_shape(lambda: DiT(cfg, nnx.Rngs(0))))
-  return nnx.merge(graphdef, perturbed_params())
+    return nnx.graphdef(nnx.eval_shape(lambda: DiT(cfg, nnx.Rngs(0))))
+
+
+def perturbed(cfg):
+  return nnx.merge(graphdef_of(cfg), perturbed_params())
 
 
 def test_time_conditioning_switch():
@@ -71,29 +74,62 @@ def test_time_conditioning_switch():
   assert not np.allclose(apply(on, early), apply(on, late))
 
 
-def test_remat_and_bf16_keep_the_function():
+def loss_and_grads(cfg, params=None):
   x = jax.random.randint(jax.random.key(2), (2, 16), 0, 12)
   t = jnp.array([0.3, 0.7])
+  graphdef = graphdef_of(cfg)
 
-  def loss_and_grads(cfg):
-    graphdef, params = nnx.split(perturbed(cfg))
+  def loss(p):
+    logits = nnx.merge(graphdef, p)(x, t)
+    assert logits.dtype == cfg.compute_dtype
+    return jnp.mean(logits.astype(jnp.float32) ** 2)
+  return jax.jit(jax.value_and_grad(loss))(perturbed_params() if params is None else params)
 
-    def loss(p):
-      logits = nnx.merge(graphdef, p)(x, t)
-      assert logits.dtype == cfg.compute_dtype
-      return jnp.mean(logits.astype(jnp.float32) ** 2)
-    return jax.jit(jax.value_and_grad(loss))(params)
 
+def stack_blocks(params):
+  """Unrolled parameters {blocks: {0: .., 1: ..}} restacked as model.scan_layers holds them."""
+  params = nnx.to_pure_dict(params)
+  blocks = params["blocks"]
+  return dict(params, blocks=jax.tree.map(lambda *layers: jnp.stack(layers), *(blocks[i] for i in sorted(blocks))))
+
+
+def test_remat_and_bf16_keep_the_function():
   loss, grads = loss_and_grads(CFG)
-  loss_remat, grads_remat = loss_and_grads(dataclasses.replace(CFG, remat=True))
+  loss_remat, grads_remat = loss_and_grads(dataclasses.replace(CFG, remat="full"))
   assert float(loss_remat) == pytest.approx(float(loss), rel=1e-6)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), grads, grads_remat)
   loss_bf16, _ = loss_and_grads(dataclasses.replace(CFG, dtype="bfloat16"))
   assert float(loss_bf16) == pytest.approx(float(loss), rel=0.05)
 
 
-@pytest.mark.parametrize("bad", [dict(d_model=30, n_heads=4), dict(d_model=36, n_heads=4), dict(dtype="fp8"),
+def test_scanned_layers_match_the_unrolled_model():
+  """The same parameters restacked: equal loss and gradients, under every remat policy."""
+  loss, grads = loss_and_grads(CFG)
+  for remat in ("none", "dots_saveable"):
+    scanned_cfg = dataclasses.replace(CFG, scan_layers=True, remat=remat)
+    loss_scan, grads_scan = loss_and_grads(scanned_cfg, stack_blocks(perturbed_params()))
+    assert float(loss_scan) == pytest.approx(float(loss), rel=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+                 stack_blocks(grads), grads_scan)
+
+
+def test_scanned_blocks_carry_a_layers_axis():
+  with nnx.use_eager_sharding(False):
+    _, params = nnx.split(nnx.eval_shape(lambda: DiT(dataclasses.replace(CFG, scan_layers=True), nnx.Rngs(0))), nnx.Param)
+  kernel = params["blocks"]["mlp"]["fc1"]["kernel"]
+  assert kernel.get_value().shape == (CFG.n_layers, CFG.d_model, 4 * CFG.d_model)
+  assert kernel.get_metadata()["out_sharding"] == ("layers", "embed", "mlp")
+
+
+@pytest.mark.parametrize("bad", [dict(remat=True), dict(remat="some"), dict(d_model=30, n_heads=4), dict(d_model=36, n_heads=4), dict(dtype="fp8"),
                                  dict(attention_impl="flash")])
 def test_bad_model_config_is_rejected(bad):
   with pytest.raises(ValueError, match="model\\."):
     dataclasses.replace(CFG, **bad)
+
+
+def test_checkpoint_records_from_before_remat_policies_still_load():
+  from ladd.job import config_from_record
+  assert config_from_record({"model": {"remat": True}, "vocab_size": 5}).model.remat == "full"
+  assert config_from_record({"model": {"remat": False}}).model.remat == "none"
+  assert config_from_record({"model": {"remat": "dots_saveable"}}).model.remat == "dots_saveable"
