@@ -35,6 +35,10 @@ def validate(config, mesh):
       raise ValueError(f"{name}={size} must be a positive multiple of data x fsdp = {divisor} (mesh {sharding.describe(mesh)})")
     if size % procs:
       raise ValueError(f"{name}={size} must be divisible by the number of processes ({procs})")
+  k = config.train.microbatches
+  if k < 1 or data.batch_size % (k * sharding.batch_divisor(mesh)):
+    raise ValueError(f"train.microbatches={k} must be >= 1 and split data.batch_size={data.batch_size} into micro-batches "
+                     f"that are multiples of data x fsdp = {sharding.batch_divisor(mesh)} (mesh {sharding.describe(mesh)})")
   if config.train.steps < 0:
     raise ValueError(f"train.steps must be >= 0, got {config.train.steps}")
   for name in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):

@@ -11,21 +11,21 @@ import pytest
 
 from ladd import sharding
 from ladd.job import build_job
+from ladd.methods import build_method
 from ladd.train import train
-from ladd.trainer import evaluate_nelbo
+from ladd.trainer import build_trainer, evaluate_nelbo
 from tests.helpers import host_tree, tiny_config
 
 MESHES = [(1, 1, 1), (8, 1, 1), (2, 2, 2), (1, 4, 2)]
 
 
-def run_steps(mesh_shape, num_steps=2):
+def run_steps(mesh_shape, num_steps=2, microbatches=1, wrap=lambda method: method):
   data, fsdp, tensor = mesh_shape
   config = tiny_config(data=data, fsdp=fsdp, tensor=tensor)
+  config.train.microbatches = microbatches
   devices = jax.devices()[: data * fsdp * tensor]
   mesh = sharding.make_mesh(config.mesh, devices)
-  from ladd.methods import build_method
-  from ladd.trainer import build_trainer
-  trainer = build_trainer(config, build_method(config, 2), mesh)
+  trainer = build_trainer(config, wrap(build_method(config, 2)), mesh)
   state = trainer.init()
   batches = np.random.default_rng(0).integers(0, 2, (num_steps, 8, 32), dtype=np.int32)
   losses = []
@@ -53,6 +53,38 @@ def test_sharded_step_matches_single_device(single_device, mesh_shape):
       if leaf.size >= 2**12:
         assert "fsdp" in str(leaf.sharding.spec), f"{jax.tree_util.keystr(path)} is not fsdp-sharded: {leaf.sharding.spec}"
         assert leaf.addressable_shards[0].data.size < leaf.size
+
+
+class MeanOverRowGroups:
+  """The wrapped method with a batch's loss and metrics the mean over k row groups (rows
+  i, i + k, ...) drawn with keys fold_in(key, i): a plain step of this is what a step in
+  k micro-batches must equal."""
+
+  def __init__(self, method, k):
+    self.method, self.k = method, k
+
+  def __getattr__(self, name):
+    return getattr(self.method, name)
+
+  def loss(self, model, x0, key, step):
+    losses, metrics = zip(*(self.method.loss(model, x0[i::self.k], jax.random.fold_in(key, i), step) for i in range(self.k)))
+    return sum(losses) / self.k, jax.tree.map(lambda *m: sum(m) / self.k, *metrics)
+
+
+def test_micro_batched_step_equals_the_whole_batch_step():
+  losses, state = run_steps((2, 2, 2), microbatches=2)
+  ref_losses, ref_state = run_steps((2, 2, 2), wrap=lambda method: MeanOverRowGroups(method, 2))
+  np.testing.assert_allclose(losses, ref_losses, rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+               host_tree(state["params"]), host_tree(ref_state["params"]))
+
+
+def test_impossible_micro_batches_are_rejected():
+  config = tiny_config(data=8)
+  config.train.microbatches = 2  # micro-batches of 4 rows cannot fill 8 devices
+  from ladd.job import validate
+  with pytest.raises(ValueError, match="train.microbatches=2"):
+    validate(config, sharding.make_mesh(config.mesh))
 
 
 def test_impossible_mesh_is_rejected():
