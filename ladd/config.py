@@ -43,6 +43,7 @@ def default_config():
       steps=1000, log_every=50, eval_every=500, eval_batches=8,
       checkpoint_every=500, keep_checkpoints=3,
       microbatches=1,  # gradient accumulation: the batch in k micro-batches, one gradient step
+      profile_steps=(0, 0),  # (START, COUNT): jax.profiler trace of steps START+1..START+COUNT; COUNT 0 = off
       peak_tflops_per_device=0.0,  # 0 = look up by device kind; unknown kinds report no MFU
   )
   # LADD (method.md §2): method "co_ladd" (Gaussian latent) or "di_ladd" (VQ codes).

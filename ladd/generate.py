@@ -6,14 +6,17 @@ import numpy as np
 from flax import nnx
 
 
-def sample(job, params, model_state, settings, num_samples, batch_size, seed):
-  """Returns (tokens [num_samples, L] numpy, mean NFE per batch)."""
-  graphdef, method = job.trainer.graphdef, job.method
-
+def make_sampler(graphdef, method, settings, batch_size):
+  """jit of (params, model_state, key) -> (tokens [batch_size, L], info)."""
   @jax.jit
   def draw(params, model_state, key):
     return method.sample(nnx.merge(graphdef, params, model_state), key, batch_size, settings)
+  return draw
 
+
+def sample(job, params, model_state, settings, num_samples, batch_size, seed):
+  """Returns (tokens [num_samples, L] numpy, mean NFE per batch)."""
+  draw = make_sampler(job.trainer.graphdef, job.method, settings, batch_size)
   chunks, nfes = [], []
   with jax.set_mesh(job.mesh):
     for i in range(-(-num_samples // batch_size)):

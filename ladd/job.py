@@ -39,6 +39,9 @@ def validate(config, mesh):
   if k < 1 or data.batch_size % (k * sharding.batch_divisor(mesh)):
     raise ValueError(f"train.microbatches={k} must be >= 1 and split data.batch_size={data.batch_size} into micro-batches "
                      f"that are multiples of data x fsdp = {sharding.batch_divisor(mesh)} (mesh {sharding.describe(mesh)})")
+  profile = tuple(config.train.profile_steps)
+  if len(profile) != 2 or any(not isinstance(x, int) or x < 0 for x in profile):
+    raise ValueError(f"train.profile_steps must be START,COUNT (two integers >= 0), got {config.train.profile_steps}")
   if config.train.steps < 0:
     raise ValueError(f"train.steps must be >= 0, got {config.train.steps}")
   for name in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):

@@ -11,14 +11,16 @@ import numpy as np
 from absl import app
 from ml_collections import config_flags
 
-from ladd import checkpoint, flags, metrics, sharding
+from ladd import aot, checkpoint, flags, metrics, sharding
 from ladd.errors import one_line_errors
 from ladd.job import build_job
+from ladd.profiling import StepWindowProfiler
 from ladd.trainer import evaluate_nelbo
 
 CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/x.py:variant).", lock_config=True)
 
 CONSOLE_KEYS = ("loss", "nelbo_per_token", "grad_norm", "lr", "tokens_per_sec_per_device", "mfu",
+                "step_time_s", "data_wait_s",
                 "eval/nelbo_per_token", "eval/ppl_bound", "eval/bpc", "eval/latent_information_per_sequence")
 
 
@@ -64,13 +66,19 @@ def train(config, workdir):
 
   writer = metrics.MetricWriter(workdir, enabled=is_main)
   peak = metrics.peak_flops_per_device(cfg.peak_tflops_per_device)
+  step_flops = aot.train_step_flops(trainer, config) if peak else None  # per device, counted from the step
+  profiler = StepWindowProfiler(cfg.profile_steps, workdir, cfg.steps)
   tokens_per_step = config.data.batch_size * config.data.seq_len
-  interval_start, interval_steps = time.time(), 0
+  interval_start, interval_steps, interval_wait = time.time(), 0, 0.0
   while step < cfg.steps:
+    profiler.before_step(step)
+    wait_start = time.time()
     batch = sharding.global_batch(next(data_iter), job.mesh)
+    interval_wait += time.time() - wait_start
     state, step_metrics = trainer.train_step(state, batch)
     step += 1
     interval_steps += 1
+    profiler.after_step(step, state)
     record = {}
     if step % cfg.log_every == 0 or step == cfg.steps:
       record = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
@@ -78,9 +86,11 @@ def train(config, workdir):
       throughput = interval_steps * tokens_per_step / elapsed / jax.device_count()
       record["tokens_per_sec_per_device"] = throughput
       record["step_time_s"] = elapsed / interval_steps
+      # the host waiting for batches; the rest of a step is dispatch and device time
+      record["data_wait_s"] = interval_wait / interval_steps
       if peak:
-        record["mfu"] = throughput * job.method.flops_per_token / peak
-      interval_start, interval_steps = time.time(), 0
+        record["mfu"] = step_flops / record["step_time_s"] / peak
+      interval_start, interval_steps, interval_wait = time.time(), 0, 0.0
     if step % cfg.eval_every == 0 or step == cfg.steps:
       record.update(held_out_metrics(job, state["ema"], state["model_state"], cfg.eval_batches))
       interval_start = time.time()  # evaluation time is not training throughput

@@ -1,6 +1,7 @@
 """Sharded training equals single-device training; FSDP shards; resume is exact;
 a fresh model's NELBO is L log V; a short binsaw run learns."""
 
+import glob
 import json
 import os
 import shutil
@@ -119,6 +120,18 @@ def test_resume_is_exact_even_after_an_interrupted_save(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, host_tree(resumed["params"]), host_tree(straight["params"]))
   jax.tree.map(np.testing.assert_array_equal, host_tree(resumed["ema"]), host_tree(straight["ema"]))
   assert read_losses(resumed_dir) == read_losses(str(tmp_path / "straight"))
+
+
+def test_profile_window_writes_a_trace_and_the_log_splits_step_time(tmp_path, capsys):
+  config = tiny_config()
+  config.train.update(steps=3, log_every=3, checkpoint_every=3, eval_every=100, profile_steps=(1, 5))
+  train(config, str(tmp_path))
+  traces = glob.glob(str(tmp_path / "profile" / "**" / "*.xplane.pb"), recursive=True)
+  assert traces and os.path.getsize(traces[0]) > 0
+  assert "profile of steps 2-3 written to" in capsys.readouterr().out  # the window stops at train.steps
+  with open(tmp_path / "metrics.jsonl") as f:
+    [record] = [json.loads(line) for line in f]
+  assert 0 <= record["data_wait_s"] < record["step_time_s"]
 
 
 def test_fresh_model_perplexity_is_vocabulary_size(tmp_path):
