@@ -5,7 +5,7 @@ Prepare the dataset once on a machine with network access
   python -m ladd.train --config=configs/openwebtext_pod.py --workdir=/mnt/shared/runs/owt \
       --distributed
 Variants: default (v5p-128: fsdp over all chips), `:v5e` (data x fsdp on 16x16),
-`:1b` (2048 x 20 layers, 1.2B parameters), `:8b` (4096 x 36 layers, 7.7B parameters).
+`:1b` (2048 x 20 layers, 1.2B parameters), `:8b` (4096 x 36 layers, 7.7B parameters, scanned).
 `python -m ladd.compile --config=configs/openwebtext_pod.py:1b --topology=v5p:4x4x8` reports
 whether a variant fits a slice (README "Memory per chip").
 """
@@ -32,7 +32,8 @@ def get_config(variant=""):
   elif variant == "1b":
     c.model.update(d_model=2048, n_layers=20, n_heads=16)
   elif variant == "8b":
-    c.model.update(d_model=4096, n_layers=36, n_heads=32)
+    # scanned: 36 unrolled layers take far longer to compile (README "Memory per chip")
+    c.model.update(d_model=4096, n_layers=36, n_heads=32, scan_layers=True)
     c.optim.update(lr=1.5e-4)
   elif variant:
     raise ValueError(f"unknown variant {variant!r} of configs/openwebtext_pod.py; choose v5e, 1b or 8b")

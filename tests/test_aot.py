@@ -93,3 +93,18 @@ def test_train_step_compiles_for_a_tpu_slice_with_per_chip_memory():
   assert 0 < train.xla_flops and flops > 0 and n_params > 0
   lines, misses = aot.format_report(slice_, config, mesh, n_params, flops, reports)
   assert not misses and any(line.startswith("train step: compiled in") for line in lines)
+
+
+def test_tpu_vm_commands_name_the_slice_and_launch_every_host():
+  from tools import tpu_commands
+  assert tpu_commands.parse_accelerator("v5p-256") == ("v5p", 128, "4x4x8")  # v5p counts 2 cores per chip
+  assert tpu_commands.parse_accelerator("v6e-256") == ("v6e", 256, "16x16")
+  assert tpu_commands.parse_accelerator("v5e-4") == ("v5litepod", 4, "2x2")
+  lines = tpu_commands.commands(tpu_commands.argparse.Namespace(
+      accelerator="v5p-256", config="configs/openwebtext_pod.py:1b", name="n", zone="z", bucket="b",
+      shared_dir="/mnt/s", run="r", override=["--config.train.microbatches=2"]))
+  assert "python -m ladd.compile --config=configs/openwebtext_pod.py:1b --topology=v5p:4x4x8 --config.train.microbatches=2" in lines
+  [launch] = [line for line in lines if "ladd.train" in line]
+  assert "--worker=all" in launch and "--distributed" in launch and "--workdir=/mnt/s/runs/r" in launch
+  with pytest.raises(ValueError, match="accelerator type"):
+    tpu_commands.parse_accelerator("v5p:4x4x8")
