@@ -100,9 +100,18 @@ def count_flops(closed_jaxpr):
 
 
 def train_step_flops(trainer, config):
-  """Matmul FLOPs of one train step per device (the global count over the device count)."""
+  """Matmul FLOPs one train step executes per device (the global count over the device
+  count), rematerialised recomputation included."""
   state, batch = abstract_train_args(trainer, config)
   return count_flops(trainer.train_step.trace(state, batch).jaxpr) / trainer.mesh.size
+
+
+def model_flops_per_step(config, vocab_size, mesh):
+  """Per-device matmul FLOPs of one train step as the model defines them, MFU's numerator:
+  the step traced with model.remat="none", since recomputation is not model work."""
+  config = config.copy_and_resolve_references()
+  config.model.remat = "none"
+  return train_step_flops(build_trainer(config, build_method(config, vocab_size), mesh), config)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,13 +159,15 @@ def sampler_settings(config):
 def compile_for_slice(config, devices, with_sampler=True):
   """Builds the real trainer on `devices` and compiles its train step (and the sampler).
 
-  Returns (mesh, number of parameters, per-device matmul FLOPs per step, [CompiledReport]).
+  Returns (mesh, number of parameters, per-device matmul FLOPs per step {"model", "executed"},
+  [CompiledReport]).
   """
   from ladd.job import validate
 
   mesh = sharding.make_mesh(config.mesh, list(devices))
   validate(config, mesh)
-  method = build_method(config, vocab_size_without_data(config))
+  vocab_size = vocab_size_without_data(config)
+  method = build_method(config, vocab_size)
   trainer = build_trainer(config, method, mesh)
   n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(trainer.abstract_state["params"]))
   reports = [compile_report("train step", trainer.train_step, mesh, *abstract_train_args(trainer, config))]
@@ -165,7 +176,8 @@ def compile_for_slice(config, devices, with_sampler=True):
     draw = make_sampler(trainer.graphdef, method, sampler_settings(config), num_samples)
     reports.append(compile_report(f"sampler ({num_samples} samples, {config.sample.steps} steps)", draw, mesh,
                                   *sampler_args(trainer, config)))
-  return mesh, n_params, train_step_flops(trainer, config), reports
+  flops = {"model": model_flops_per_step(config, vocab_size, mesh), "executed": train_step_flops(trainer, config)}
+  return mesh, n_params, flops, reports
 
 
 def advice(config, report, hbm):
@@ -195,8 +207,9 @@ def format_report(slice_, config, mesh, n_params, flops, reports):
            f"model: {n_params / 1e6:.1f}M parameters, {config.model.n_layers} layers "
            f"({'scanned' if config.model.scan_layers else 'unrolled'}), remat {config.model.remat}, "
            f"batch {config.data.batch_size} x {config.data.seq_len} in {config.train.microbatches} micro-batch(es)",
-           f"train step FLOPs per chip: {flops:.4g} (matmuls, loops counted; XLA cost analysis: "
-           f"{reports[0].xla_flops:.4g})"]
+           f"train step matmul FLOPs per chip: {flops['model']:.4g} model (MFU counts these), "
+           f"{flops['executed']:.4g} executed with remat; XLA cost analysis {reports[0].xla_flops:.4g} "
+           "(all ops, each loop body once)"]
   for r in reports:
     lines.append(f"{r.what}: compiled in {r.seconds:.1f}s ({r.cpu_seconds:.1f}s CPU); per chip: arguments {size(r.argument_bytes)}, "
                  f"temporaries {size(r.temp_bytes)}, outputs {size(r.output_bytes)} "

@@ -66,7 +66,7 @@ def train(config, workdir):
 
   writer = metrics.MetricWriter(workdir, enabled=is_main)
   peak = metrics.peak_flops_per_device(cfg.peak_tflops_per_device)
-  step_flops = aot.train_step_flops(trainer, config) if peak else None  # per device, counted from the step
+  step_flops = aot.model_flops_per_step(config, job.dataset.vocab_size, job.mesh) if peak else None
   profiler = StepWindowProfiler(cfg.profile_steps, workdir, cfg.steps)
   tokens_per_step = config.data.batch_size * config.data.seq_len
   interval_start, interval_steps, interval_wait = time.time(), 0, 0.0

@@ -41,13 +41,16 @@ def step_flops(**overrides):
     config[section][name] = value
   mesh = sharding.make_mesh(config.mesh)
   method = build_method(config, 2)
-  return aot.train_step_flops(build_trainer(config, method, mesh), config), method, config
+  return aot.train_step_flops(build_trainer(config, method, mesh), config), method, config, mesh
 
 
 def test_train_step_flops_are_the_same_work_however_the_step_is_looped():
-  plain, method, config = step_flops()
+  plain, method, config, _ = step_flops()
   assert step_flops(model__scan_layers=True)[0] == plain
   assert step_flops(train__microbatches=2)[0] == plain
+  executed, _, remat_config, mesh = step_flops(model__remat="full")
+  assert executed > plain  # recomputation is executed ...
+  assert aot.model_flops_per_step(remat_config, 2, mesh) == plain  # ... but is not model work
   # The hand-written 6 N + attention formula covers the per-token matmuls; the count adds the
   # per-sequence adaLN and time-embedding ones (a few percent at this size).
   tokens_per_device = config.data.batch_size * config.data.seq_len / 8
