@@ -124,6 +124,7 @@ class CompiledReport:
   alias_bytes: int
   temp_bytes: int
   xla_flops: float  # per device, from compiled.cost_analysis() (loop bodies counted once)
+  out_of_memory: str = ""  # XLA's message when the program cannot be laid out in HBM at all
 
   @property
   def total_bytes(self):
@@ -131,10 +132,23 @@ class CompiledReport:
     return self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes
 
 
+def out_of_memory_summary(message):
+  """The sentence of XLA:TPU's out-of-memory report that says by how much (the rest lists buffers)."""
+  found = re.search(r"Used \S+ of \S+ hbm\. Exceeded hbm capacity by \S+\.", message)
+  return found.group(0) if found else " ".join(message.split("::")[0].split())[:300]
+
+
 def compile_report(what, jitted, mesh, *args):
   start, cpu_start = time.time(), time.process_time()
-  with jax.set_mesh(mesh):
-    compiled = jitted.lower(*args).compile()
+  try:
+    with jax.set_mesh(mesh):
+      compiled = jitted.lower(*args).compile()
+  except jax.errors.JaxRuntimeError as e:
+    if "RESOURCE_EXHAUSTED" not in str(e):
+      raise
+    # The TPU compiler refuses a program larger than HBM; its message says by how much.
+    return CompiledReport(what, time.time() - start, time.process_time() - cpu_start, 0, 0, 0, 0, 0.0,
+                          out_of_memory=out_of_memory_summary(str(e)))
   seconds, cpu_seconds = time.time() - start, time.process_time() - cpu_start
   memory = compiled.memory_analysis()
   cost = compiled.cost_analysis()
@@ -185,7 +199,7 @@ def advice(config, report, hbm):
   over = report.total_bytes - hbm
   knobs = []
   mesh = config.mesh
-  if mesh.data != 1 and report.argument_bytes > report.temp_bytes:
+  if mesh.data != 1 and (report.argument_bytes > report.temp_bytes or report.out_of_memory):
     knobs.append("shard parameters and optimiser state over more chips (--config.mesh.data=1 --config.mesh.fsdp=-1)")
   if report.temp_bytes >= report.argument_bytes or not knobs:
     if config.model.remat != "full":
@@ -193,8 +207,9 @@ def advice(config, report, hbm):
                    else "--config.model.remat=dots_saveable (or full)")
     knobs.append(f"--config.train.microbatches={2 * config.train.microbatches} (activations per micro-batch shrink)")
     knobs.append("a smaller --config.data.batch_size")
-  return (f"{report.what} does not fit: {size(report.total_bytes)} per chip is {size(over)} over "
-          f"the {hbm / GIB:.0f} GiB HBM; try " + ", or ".join(knobs))
+  shortfall = (f"XLA: {report.out_of_memory}" if report.out_of_memory else
+               f"{size(report.total_bytes)} per chip is {size(over)} over the {hbm / GIB:.0f} GiB HBM")
+  return f"{report.what} does not fit: {shortfall}; try " + ", or ".join(knobs)
 
 
 def size(num_bytes):
@@ -208,12 +223,16 @@ def format_report(slice_, config, mesh, n_params, flops, reports):
            f"({'scanned' if config.model.scan_layers else 'unrolled'}), remat {config.model.remat}, "
            f"batch {config.data.batch_size} x {config.data.seq_len} in {config.train.microbatches} micro-batch(es)",
            f"train step matmul FLOPs per chip: {flops['model']:.4g} model (MFU counts these), "
-           f"{flops['executed']:.4g} executed with remat; XLA cost analysis {reports[0].xla_flops:.4g} "
+           f"{flops['executed']:.4g} executed with remat; XLA cost analysis {reports[0].xla_flops or float('nan'):.4g} "
            "(all ops, each loop body once)"]
   for r in reports:
+    if r.out_of_memory:
+      lines.append(f"{r.what}: does not compile in {r.seconds:.1f}s: {r.out_of_memory}")
+      continue
     lines.append(f"{r.what}: compiled in {r.seconds:.1f}s ({r.cpu_seconds:.1f}s CPU); per chip: arguments {size(r.argument_bytes)}, "
                  f"temporaries {size(r.temp_bytes)}, outputs {size(r.output_bytes)} "
                  f"({size(r.alias_bytes)} aliased to donated inputs), total {size(r.total_bytes)} "
                  f"of {slice_.hbm_per_device / GIB:.0f} GiB ({100 * r.total_bytes / slice_.hbm_per_device:.1f}%)")
-  misses = [advice(config, r, slice_.hbm_per_device) for r in reports if r.total_bytes > slice_.hbm_per_device]
+  misses = [advice(config, r, slice_.hbm_per_device) for r in reports
+            if r.out_of_memory or r.total_bytes > slice_.hbm_per_device]
   return lines, misses

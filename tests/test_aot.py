@@ -67,6 +67,13 @@ def test_memory_advice_names_the_shortfall_and_the_knobs():
   weights = aot.CompiledReport("train step", 1.0, 1.0, argument_bytes=30 * aot.GIB, output_bytes=0,
                                alias_bytes=0, temp_bytes=1 * aot.GIB, xla_flops=0.0)
   assert "mesh.fsdp=-1" in aot.advice(config, weights, 16 * aot.GIB)
+  # XLA:TPU refuses to compile a program larger than HBM (message from a 64 x 8192 batch on v5e:2x2)
+  message = ("RESOURCE_EXHAUSTED: E1000: CompileTimeHbmOom: XLA:TPU compile permanent error. Ran out of memory in "
+             "memory space hbm. Used 24.06G of 15.75G hbm. Exceeded hbm capacity by 8.31G.\n\nTotal hbm usage >= 24.31G")
+  refused = aot.CompiledReport("train step", 1.0, 1.0, 0, 0, 0, 0, 0.0, out_of_memory=aot.out_of_memory_summary(message))
+  line = aot.advice(config, refused, 16 * aot.GIB)
+  assert "does not fit: XLA: Used 24.06G of 15.75G hbm. Exceeded hbm capacity by 8.31G.; try" in line
+  assert "mesh.fsdp=-1" in line and "train.microbatches=2" in line
 
 
 def test_bad_topology_is_one_clear_line():
