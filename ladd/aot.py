@@ -41,7 +41,7 @@ def tpu_slice(name):
   match = TOPOLOGY.match(name)
   if not match:
     raise ValueError(f"--topology={name!r} is not a TPU slice name; use GENERATION:AxB[xC] with GENERATION one of "
-                     f"{sorted(HBM_PER_CHIP)}, e.g. v5p:4x4x8 (v5p-128), v6e:16x16 (v6e-256), v5e:2x2")
+                     f"{sorted(HBM_PER_CHIP)}, e.g. v5p:4x4x8 (128 chips), v6e:16x16 (256 chips), v5e:2x2")
   for key, value in QUIET_LIBTPU_ENV.items():
     os.environ.setdefault(key, value)
   from jax.experimental import topologies

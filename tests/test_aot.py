@@ -77,12 +77,12 @@ def test_memory_advice_names_the_shortfall_and_the_knobs():
 
 
 def test_bad_topology_is_one_clear_line():
-  result = subprocess.run(entry_point("ladd.compile", "--config=configs/shakespeare.py:tiny", "--topology=v5p-128"),
+  result = subprocess.run(entry_point("ladd.compile", "--config=configs/shakespeare.py:tiny", "--topology=v5p-256"),
                           cwd=ROOT, env=subprocess_env(1), capture_output=True, text=True, timeout=120)
   assert result.returncode == 2
   assert result.stderr.strip().splitlines() == [
-      "ladd.compile: error: --topology='v5p-128' is not a TPU slice name; use GENERATION:AxB[xC] with GENERATION "
-      "one of ['v4', 'v5e', 'v5p', 'v6e'], e.g. v5p:4x4x8 (v5p-128), v6e:16x16 (v6e-256), v5e:2x2"]
+      "ladd.compile: error: --topology='v5p-256' is not a TPU slice name; use GENERATION:AxB[xC] with GENERATION "
+      "one of ['v4', 'v5e', 'v5p', 'v6e'], e.g. v5p:4x4x8 (128 chips), v6e:16x16 (256 chips), v5e:2x2"]
 
 
 def test_train_step_compiles_for_a_tpu_slice_with_per_chip_memory():
