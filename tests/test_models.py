@@ -86,15 +86,20 @@ def loss_and_grads(cfg, params=None):
   return jax.jit(jax.value_and_grad(loss))(perturbed_params() if params is None else params)
 
 
+@functools.cache
+def reference_loss_and_grads():
+  return loss_and_grads(CFG)
+
+
 def stack_blocks(params):
   """Unrolled parameters {blocks: {0: .., 1: ..}} restacked as model.scan_layers holds them."""
-  params = nnx.to_pure_dict(params)
+  params = nnx.to_pure_dict(params) if isinstance(params, nnx.State) else params
   blocks = params["blocks"]
   return dict(params, blocks=jax.tree.map(lambda *layers: jnp.stack(layers), *(blocks[i] for i in sorted(blocks))))
 
 
 def test_remat_and_bf16_keep_the_function():
-  loss, grads = loss_and_grads(CFG)
+  loss, grads = reference_loss_and_grads()
   loss_remat, grads_remat = loss_and_grads(dataclasses.replace(CFG, remat="full"))
   assert float(loss_remat) == pytest.approx(float(loss), rel=1e-6)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), grads, grads_remat)
@@ -104,7 +109,7 @@ def test_remat_and_bf16_keep_the_function():
 
 def test_scanned_layers_match_the_unrolled_model():
   """The same parameters restacked: equal loss and gradients, under every remat policy."""
-  loss, grads = loss_and_grads(CFG)
+  loss, grads = reference_loss_and_grads()
   for remat in ("none", "dots_saveable"):
     scanned_cfg = dataclasses.replace(CFG, scan_layers=True, remat=remat)
     loss_scan, grads_scan = loss_and_grads(scanned_cfg, stack_blocks(perturbed_params()))
@@ -133,3 +138,34 @@ def test_checkpoint_records_from_before_remat_policies_still_load():
   assert config_from_record({"model": {"remat": True}, "vocab_size": 5}).model.remat == "full"
   assert config_from_record({"model": {"remat": False}}).model.remat == "none"
   assert config_from_record({"model": {"remat": "dots_saveable"}}).model.remat == "dots_saveable"
+
+
+
+def test_scanned_ladd_joint_denoiser_matches_the_unrolled_one():
+  from configs import ladd_shakespeare
+  from ladd.methods import build_method
+
+  def method(scan):
+    config = ladd_shakespeare.get_config("co_seq_tiny")
+    config.model.update(n_layers=2, scan_layers=scan)
+    return build_method(config, 20)
+
+  unrolled, scanned = method(False), method(True)
+  with nnx.use_eager_sharding(False):
+    graphdef, params, rest = nnx.split(nnx.jit(lambda: unrolled.init_model(nnx.Rngs(0)))(), nnx.Param, ...)
+    scanned_graphdef = nnx.graphdef(nnx.eval_shape(lambda: scanned.init_model(nnx.Rngs(0))))
+  params = jax.tree.map(lambda x: x + 0.05 * jax.random.normal(jax.random.key(x.size), x.shape), nnx.to_pure_dict(params))
+  rest = nnx.to_pure_dict(rest)  # encoder statistics: the joint denoiser's blocks hold only parameters
+  x0 = jax.random.randint(jax.random.key(3), (4, 32), 0, 20)
+
+  def loss_and_grads(method, graphdef, params):
+    loss = lambda p: method.loss(nnx.merge(graphdef, p, rest), x0, jax.random.key(1), 0)[0]  # noqa: E731
+    return jax.jit(jax.value_and_grad(loss))(params)
+
+  def stack_denoiser(tree):
+    return dict(tree, denoiser=stack_blocks(tree["denoiser"]))
+
+  loss, grads = loss_and_grads(unrolled, graphdef, params)
+  loss_scan, grads_scan = loss_and_grads(scanned, scanned_graphdef, stack_denoiser(params))
+  assert float(loss_scan) == pytest.approx(float(loss), rel=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), stack_denoiser(grads), grads_scan)
