@@ -21,8 +21,10 @@ from ladd import errors
 # Keys that fix parameter shapes or the meaning of token ids: a checkpoint whose
 # config differs in any of them cannot be restored under the current config.
 SHAPE_KEYS = ("method", "model.d_model", "model.n_layers", "model.n_heads", "model.mlp_ratio",
-              "model.cond_dim", "model.vocab_pad_multiple", "model.position_embedding", "data.seq_len", "data.source",
-              "data.tokenizer", "vocab_size")
+              "model.cond_dim", "model.vocab_pad_multiple", "model.position_embedding", "data.seq_len",
+              "data.source", "data.tokenizer", "vocab_size", "model.scan_layers")
+# Shape keys added later: a record without one was written with this value.
+SHAPE_KEY_DEFAULTS = {"model.scan_layers": False, "model.position_embedding": "none"}
 
 
 TRAIN_ITEMS = ("step", "params", "model_state", "opt_state")
@@ -73,7 +75,8 @@ def _flatten(record, prefix=""):
 
 
 def check_compatible(saved_record, current_record, where):
-  saved, current = _flatten(saved_record), _flatten(current_record)
+  saved = dict(SHAPE_KEY_DEFAULTS, **_flatten(saved_record))
+  current = _flatten(current_record)
   diffs = [f"{k}: checkpoint {saved.get(k)!r} vs config {current.get(k)!r}"
            for k in SHAPE_KEYS if saved.get(k) != current.get(k)]
   if diffs:

@@ -27,8 +27,9 @@ def default_config():
   )
   c.model = dict(
       d_model=256, n_layers=4, n_heads=4, mlp_ratio=4, cond_dim=128,
-      time_conditioning=False, dtype="float32", remat=False, attention_impl="xla",
-      vocab_pad_multiple=128,
+      time_conditioning=False, dtype="float32", attention_impl="xla", vocab_pad_multiple=128,
+      remat="none",  # none | full | dots_saveable: what each block keeps for the backward pass
+      scan_layers=False,  # one nnx.scan over stacked blocks (one compiled layer) instead of a Python loop
       # learned: absolute positions added to every token stream's input (without them an
       # all-MASK input gives every position the same output); none: MDLM's RoPE-only DiT.
       position_embedding="learned",
@@ -46,6 +47,8 @@ def default_config():
   c.train = dict(
       steps=1000, log_every=50, eval_every=500, eval_batches=8,
       checkpoint_every=500, keep_checkpoints=3,
+      microbatches=1,  # gradient accumulation: the batch in k micro-batches, one gradient step
+      profile_steps=(0, 0),  # (START, COUNT): jax.profiler trace of steps START+1..START+COUNT; COUNT 0 = off
       peak_tflops_per_device=0.0,  # 0 = look up by device kind; unknown kinds report no MFU
       # A non-finite loss or gradient norm stops the run (never saved); True skips such
       # steps instead (their update is not applied; counted in metrics and on the console).

@@ -14,7 +14,7 @@ from ladd.metrics import progress
 
 
 @functools.lru_cache(maxsize=16)
-def _compiled_sampler(graphdef, method, settings, batch_size):
+def compiled_sampler(graphdef, method, settings, batch_size):
   """One jitted sampler per (model, method, settings, batch): block-wise generation and
   repeated evaluation calls reuse it instead of compiling again."""
   return jax.jit(lambda params, model_state, key, clamped: method.sample(
@@ -30,7 +30,7 @@ def draw_samples(job, params, model_state, settings, num_samples, batch_size, se
   later blocks of a long sample pass first_batch past the batches already used."""
   method = job.method
   used = method.sampler_used(settings)
-  draw = _compiled_sampler(job.trainer.graphdef, method, settings, batch_size)
+  draw = compiled_sampler(job.trainer.graphdef, method, settings, batch_size)
   if clamped is not None:
     clamped = np.broadcast_to(np.asarray(clamped, np.int32), (num_samples, method.seq_len))
   chunks, counts = [], []

@@ -47,6 +47,13 @@ def validate(config, mesh):
       raise ValueError(f"{name}={size} must be a positive multiple of data x fsdp = {divisor} (mesh {sharding.describe(mesh)})")
     if size % procs:
       raise ValueError(f"{name}={size} must be divisible by the number of processes ({procs})")
+  k = config.train.microbatches
+  if k < 1 or data.batch_size % (k * sharding.batch_divisor(mesh)):
+    raise ValueError(f"train.microbatches={k} must be >= 1 and split data.batch_size={data.batch_size} into micro-batches "
+                     f"that are multiples of data x fsdp = {sharding.batch_divisor(mesh)} (mesh {sharding.describe(mesh)})")
+  profile = tuple(config.train.profile_steps)
+  if len(profile) != 2 or any(not isinstance(x, int) or x < 0 for x in profile):
+    raise ValueError(f"train.profile_steps must be START,COUNT (two integers >= 0), got {config.train.profile_steps}")
   if config.train.steps < 0:
     raise ValueError(f"train.steps must be >= 0, got {config.train.steps}")
   for name in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
@@ -64,8 +71,12 @@ def config_from_record(record):
   from ladd.config import default_config
   record = dict(record)
   record.pop("vocab_size", None)
+  model = dict(record.get("model", {}))
+  if isinstance(model.get("remat"), bool):  # records written before model.remat named a policy
+    model["remat"] = "full" if model["remat"] else "none"
+  model.setdefault("position_embedding", "none")  # records from before the switch: RoPE only
   config = default_config()
-  config.update(record)
+  config.update(dict(record, model=model))
   return config
 
 

@@ -26,6 +26,7 @@ LOGICAL_RULES = (
     ("position", None),  # absolute position tables (short: replicated; their embed dim shards)
     ("mask_state", None),  # visible / masked (the VAE recognition model's input embedding)
     ("freq", "fsdp"),
+    ("layers", None),  # the stacked-blocks axis of model.scan_layers: every device holds every layer
 )
 
 
@@ -106,8 +107,13 @@ def constrain_batch(x):
 
 
 def on_mesh(mesh, jitted):
-  """Calls (and so traces) a jitted function with `mesh` as the context mesh."""
-  def call(*args):
-    with jax.set_mesh(mesh):
-      return jitted(*args)
+  """Calls (and so traces) a jitted function with `mesh` as the context mesh; `.trace(*args)`
+  and `.lower(*args)` trace and lower it there (ahead-of-time compilation, ladd.aot)."""
+  def in_mesh(fn):
+    def run(*args):
+      with jax.set_mesh(mesh):
+        return fn(*args)
+    return run
+  call = in_mesh(jitted)
+  call.trace, call.lower = in_mesh(jitted.trace), in_mesh(jitted.lower)
   return call

@@ -10,14 +10,16 @@ import jax
 from absl import app
 from ml_collections import config_flags
 
-from ladd import checkpoint, errors, faults, flags, metrics, sharding, summary
+from ladd import aot, checkpoint, errors, faults, flags, metrics, sharding, summary
 from ladd.errors import one_line_errors
 from ladd.job import build_job
+from ladd.profiling import StepWindowProfiler
 from ladd.trainer import evaluate_nelbo
 
 CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/x.py:variant).", lock_config=True)
 
 CONSOLE_KEYS = ("loss", "nelbo_per_token", "grad_norm", "lr", "tokens_per_sec_per_device", "mfu",
+                "step_time_s", "data_wait_s",
                 "eval/nelbo_per_token", "eval/ppl_bound", "eval/bits_per_char", "eval/latent_information_per_sequence")
 
 
@@ -65,16 +67,22 @@ def train(config, workdir):
 
   writer = metrics.MetricWriter(workdir, enabled=is_main, start_step=step)
   peak = metrics.peak_flops_per_device(cfg.peak_tflops_per_device)
+  step_flops = aot.model_flops_per_step(config, job.dataset.vocab_size, job.mesh) if peak else None
+  profiler = StepWindowProfiler(cfg.profile_steps, workdir, cfg.steps)
   tokens_per_step = config.data.batch_size * config.data.seq_len
   guard = faults.NonFiniteGuard(cfg.skip_nonfinite)
-  interval_start, interval_steps = time.time(), 0
+  interval_start, interval_steps, interval_wait = time.time(), 0, 0.0
   try:
     with faults.Preemption() as preemption:
       while step < cfg.steps:
+        profiler.before_step(step)
+        wait_start = time.time()
         batch = sharding.global_batch(next(data_iter), job.mesh)
+        interval_wait += time.time() - wait_start
         state, step_metrics = trainer.train_step(state, batch)
         step += 1
         interval_steps += 1
+        profiler.after_step(step, state)
         guard.add(step, step_metrics.pop("finite"))
         stop = preemption.reached(step)
         log = step % cfg.log_every == 0 or step == cfg.steps or stop
@@ -91,11 +99,13 @@ def train(config, workdir):
           throughput = interval_steps * tokens_per_step / elapsed / jax.device_count()
           record["tokens_per_sec_per_device"] = throughput
           record["step_time_s"] = elapsed / interval_steps
+          # the host waiting for batches; the rest of a step is dispatch and device time
+          record["data_wait_s"] = interval_wait / interval_steps
           if cfg.skip_nonfinite:
             record["skipped_nonfinite_steps"] = guard.skipped_total
           if peak:
-            record["mfu"] = throughput * job.method.flops_per_token / peak
-          interval_start, interval_steps = time.time(), 0
+            record["mfu"] = step_flops / record["step_time_s"] / peak
+          interval_start, interval_steps, interval_wait = time.time(), 0, 0.0
         if evaluate:
           record.update(held_out_metrics(job, state["ema"], state["model_state"], cfg.eval_batches))
           interval_start = time.time()  # evaluation time is not training throughput

@@ -95,21 +95,52 @@ def build_trainer(config, method, mesh):
       "opt_state": optimizer_state_shardings(tx, abstract_state["opt_state"], param_shardings, mesh),
   }
 
-  def train_step(state, batch):
-    key = jax.random.fold_in(jax.random.key(seed), state["step"])
-
+  def grads_and_metrics(params, model_state, x0, key, step):
     def loss_fn(params):
-      model = nnx.merge(graphdef, params, state["model_state"])
-      loss, metrics = method.loss(model, batch, key, state["step"])
+      model = nnx.merge(graphdef, params, model_state)
+      loss, metrics = method.loss(model, x0, key, step)
       return loss, (metrics, nnx.to_pure_dict(nnx.state(model, nnx.Not(nnx.Param))))
 
-    (loss, (metrics, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    (loss, (metrics, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    return grads, dict(metrics, loss=loss), model_state
+
+  microbatches = config.train.microbatches
+
+  def accumulated(params, model_state, batch, key, step):
+    """Mean gradient and metrics over train.microbatches micro-batches, one lax.scan step each.
+
+    Micro-batch i holds rows i, i + k, i + 2k, ... of the batch, so each device keeps its own
+    rows (the batch is split over devices in contiguous blocks) and the data order is the
+    plain step's; it draws its noise (t, masks) with key fold_in(key, i). A method draws noise
+    for a whole batch at once (stratified t over its rows), so k micro-batches equal one batch
+    of k x b exactly when that batch's loss is the mean of the k micro-batch losses under
+    those keys (tests/test_training.py); model_state (an EMA codebook) absorbs them in turn.
+    """
+    if microbatches == 1:
+      return grads_and_metrics(params, model_state, batch, key, step)
+    groups = batch.reshape(-1, microbatches, batch.shape[-1]).swapaxes(0, 1)
+
+    def body(carry, group):
+      grads_sum, model_state = carry
+      i, x0 = group
+      grads, metrics, model_state = grads_and_metrics(
+          params, model_state, sharding.constrain_batch(x0), jax.random.fold_in(key, i), step)
+      return (jax.tree.map(jnp.add, grads_sum, grads), model_state), metrics
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    (grads_sum, model_state), metrics = jax.lax.scan(body, (zeros, model_state), (jnp.arange(microbatches), groups))
+    grads = jax.tree.map(lambda g: g / microbatches, grads_sum)
+    return grads, jax.tree.map(lambda m: m.mean(0), metrics), model_state
+
+  def train_step(state, batch):
+    key = jax.random.fold_in(jax.random.key(seed), state["step"])
+    grads, metrics, model_state = accumulated(state["params"], state["model_state"], batch, key, state["step"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state["ema"], params)
     grad_norm = optax.tree.norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    metrics = dict(metrics, loss=loss, grad_norm=grad_norm, lr=lr_schedule(state["step"]), finite=finite)
+    finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
+    metrics = dict(metrics, grad_norm=grad_norm, lr=lr_schedule(state["step"]), finite=finite)
     new_state = {"params": params, "model_state": model_state, "opt_state": opt_state, "ema": ema}
     if skip_nonfinite:  # the step (and so the data and the noise) moves on; nothing else does
       new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state,

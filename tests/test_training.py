@@ -2,6 +2,7 @@
 a fresh model's NELBO is L log V; a short binsaw run learns."""
 
 import functools
+import glob
 import json
 import os
 import shutil
@@ -29,11 +30,12 @@ def mesh_for(config):
   return sharding.make_mesh(config.mesh, devices)
 
 
-def run_steps(mesh_shape, network="mdlm", num_steps=2):
+def run_steps(mesh_shape, network="mdlm", num_steps=2, microbatches=1, wrap=lambda method: method):
   data, fsdp, tensor = mesh_shape
   config = method_config(network, data=data, fsdp=fsdp, tensor=tensor)
+  config.train.microbatches = microbatches
   mesh = mesh_for(config)
-  trainer = build_trainer(config, build_method(config, 2), mesh)
+  trainer = build_trainer(config, wrap(build_method(config, 2)), mesh)
   state = trainer.init()
   batches = np.random.default_rng(0).integers(0, 2, (num_steps, 8, 32), dtype=np.int32)
   losses = []
@@ -111,6 +113,38 @@ def test_fsdp_shards_every_large_parameter_of_every_method(network):
   assert checked >= 4
 
 
+class MeanOverRowGroups:
+  """The wrapped method with a batch's loss and metrics the mean over k row groups (rows
+  i, i + k, ...) drawn with keys fold_in(key, i): a plain step of this is what a step in
+  k micro-batches must equal."""
+
+  def __init__(self, method, k):
+    self.method, self.k = method, k
+
+  def __getattr__(self, name):
+    return getattr(self.method, name)
+
+  def loss(self, model, x0, key, step):
+    losses, metrics = zip(*(self.method.loss(model, x0[i::self.k], jax.random.fold_in(key, i), step) for i in range(self.k)))
+    return sum(losses) / self.k, jax.tree.map(lambda *m: sum(m) / self.k, *metrics)
+
+
+def test_micro_batched_step_equals_the_whole_batch_step():
+  losses, state, _ = run_steps((2, 2, 2), microbatches=2)
+  ref_losses, ref_state, _ = run_steps((2, 2, 2), wrap=lambda method: MeanOverRowGroups(method, 2))
+  np.testing.assert_allclose(losses, ref_losses, rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+               host_tree(state["params"]), host_tree(ref_state["params"]))
+
+
+def test_impossible_micro_batches_are_rejected():
+  config = tiny_config(data=8)
+  config.train.microbatches = 2  # micro-batches of 4 rows cannot fill 8 devices
+  from ladd.job import validate
+  with pytest.raises(ValueError, match="train.microbatches=2"):
+    validate(config, sharding.make_mesh(config.mesh))
+
+
 def test_impossible_mesh_is_rejected():
   with pytest.raises(ValueError, match="cannot fill 8 devices"):
     sharding.resolve_mesh_shape((3, -1, 1), 8)
@@ -143,6 +177,18 @@ def test_resume_is_exact_even_after_an_interrupted_save(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, host_tree(resumed["params"]), host_tree(straight["params"]))
   jax.tree.map(np.testing.assert_array_equal, host_tree(resumed["ema"]), host_tree(straight["ema"]))
   assert read_losses(resumed_dir) == read_losses(str(tmp_path / "straight"))
+
+
+def test_profile_window_writes_a_trace_and_the_log_splits_step_time(tmp_path, capsys):
+  config = tiny_config()
+  config.train.update(steps=3, log_every=3, checkpoint_every=3, eval_every=100, profile_steps=(1, 5))
+  train(config, str(tmp_path))
+  traces = glob.glob(str(tmp_path / "profile" / "**" / "*.xplane.pb"), recursive=True)
+  assert traces and os.path.getsize(traces[0]) > 0
+  assert "profile of steps 2-3 written to" in capsys.readouterr().out  # the window stops at train.steps
+  with open(tmp_path / "metrics.jsonl") as f:
+    [record] = [json.loads(line) for line in f]
+  assert 0 <= record["data_wait_s"] < record["step_time_s"]
 
 
 def test_fresh_model_perplexity_is_vocabulary_size(tmp_path):

@@ -2,8 +2,8 @@
 
   python tools/bench_train.py --config=configs/shakespeare.py:base --config.data.batch_size=8
 
-Prints one JSON line: step time, tokens/s per device, model FLOPs per token (analytic,
-6N + 12 L d per layer) and MFU against the device's dense bf16 peak (metrics.PEAK_FLOPS;
+Prints one JSON line: step time, tokens/s per device, model FLOPs per token (the matmuls
+of the traced step, as the training log's MFU counts them) and MFU against the device's dense bf16 peak (metrics.PEAK_FLOPS;
 none on CPU unless --config.train.peak_tflops_per_device is set).
 """
 
@@ -16,7 +16,7 @@ from absl import app
 from absl import flags as absl_flags
 from ml_collections import config_flags
 
-from ladd import flags, metrics, sharding
+from ladd import aot, flags, metrics, sharding
 from ladd.job import validate
 from ladd.methods import build_method
 from ladd.trainer import build_trainer
@@ -48,13 +48,15 @@ def measure(config, vocab_size, steps):
   step_time = (time.time() - start) / steps
   tokens_per_sec = config.data.batch_size * config.data.seq_len / step_time / jax.device_count()
   peak = metrics.peak_flops_per_device(config.train.peak_tflops_per_device)
+  step_flops = aot.model_flops_per_step(config, vocab_size, mesh)  # per device
+  flops_per_token = step_flops * jax.device_count() / (config.data.batch_size * config.data.seq_len)
   return {
       "method": method.name, "device": jax.devices()[0].device_kind, "devices": jax.device_count(),
       "mesh": sharding.describe(mesh), "params": int(sum(x.size for x in jax.tree.leaves(state["params"]))),
       "batch_size": config.data.batch_size, "seq_len": config.data.seq_len, "dtype": config.model.dtype,
       "step_time_s": step_time, "tokens_per_sec_per_device": tokens_per_sec,
-      "flops_per_token": method.flops_per_token, "compile_and_warmup_s": compile_and_warmup_s,
-      "mfu": tokens_per_sec * method.flops_per_token / peak if peak else None,
+      "flops_per_token": flops_per_token, "compile_and_warmup_s": compile_and_warmup_s,
+      "mfu": step_flops / step_time / peak if peak else None,
   }
 
 

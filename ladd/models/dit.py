@@ -21,6 +21,10 @@ from ladd.sharding import constrain_batch
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 POSITION_EMBEDDINGS = ("learned", "none")
+# What a rematerialised block keeps for the backward pass: nothing (recompute everything),
+# or the matmul outputs (recompute only the cheap elementwise work).
+REMAT_POLICIES = {"none": None, "full": jax.checkpoint_policies.nothing_saveable,
+                  "dots_saveable": jax.checkpoint_policies.dots_saveable}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +38,8 @@ class DiTConfig:
   cond_dim: int = 128
   time_conditioning: bool = False  # MDLM: off (the mask fraction reveals t); MD4: on
   dtype: str = "float32"  # compute dtype; parameters are always float32
-  remat: bool = False
+  remat: str = "none"  # none | full | dots_saveable (jax.checkpoint policy of each block)
+  scan_layers: bool = False  # blocks stacked on a leading "layers" axis under one nnx.scan
   attention_impl: str = "xla"  # "xla" or "cudnn" (jax.nn.dot_product_attention)
   vocab_pad_multiple: int = 128  # embedding rows rounded up so the vocab axis shards
   position_embedding: str = "learned"  # "learned" (absolute, added to the input) | "none" (RoPE only)
@@ -46,6 +51,9 @@ class DiTConfig:
       raise ValueError("model.d_model / model.n_heads must be even for rotary embeddings")
     if self.dtype not in DTYPES:
       raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+    if isinstance(self.remat, bool) or self.remat not in REMAT_POLICIES:
+      raise ValueError(f"model.remat must be one of {sorted(REMAT_POLICIES)} (formerly a bool: True is 'full', "
+                       f"False is 'none'), got {self.remat!r}")
     if self.attention_impl not in ("xla", "cudnn"):
       raise ValueError(f"model.attention_impl must be 'xla' or 'cudnn', got {self.attention_impl!r}")
     if self.position_embedding not in POSITION_EMBEDDINGS:
@@ -200,8 +208,31 @@ class OutputHead(nnx.Module):
     return self.proj(modulate(layer_norm(x), shift, scale))
 
 
-def run_block(block, x, cond, positions):
-  return block(x, cond, positions)
+def make_blocks(make_block, cfg, rngs):
+  """cfg.n_layers blocks: an nnx.List, or with cfg.scan_layers one module whose parameters
+  are stacked on a leading `layers` axis (for `run_blocks`' nnx.scan)."""
+  if not cfg.scan_layers:
+    return nnx.List([make_block(rngs) for _ in range(cfg.n_layers)])
+
+  @nnx.split_rngs(splits=cfg.n_layers)
+  @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+  def stacked(rngs):
+    return make_block(rngs)
+  return stacked(rngs)
+
+
+def run_blocks(blocks, carry, body, cfg):
+  """carry -> body(block, carry) through every block in order, each under cfg.remat's
+  checkpoint policy: a Python loop, or one nnx.scan (one compiled layer) over stacked blocks."""
+  if cfg.remat != "none":
+    body = nnx.remat(body, policy=REMAT_POLICIES[cfg.remat])
+  if cfg.scan_layers:
+    scanned = nnx.scan(lambda c, block: body(block, c), in_axes=(nnx.Carry, 0), out_axes=nnx.Carry,
+                       transform_metadata={nnx.PARTITION_NAME: "layers"})
+    return scanned(carry, blocks)
+  for block in blocks:
+    carry = body(block, carry)
+  return carry
 
 
 class DiT(nnx.Module):
@@ -209,7 +240,7 @@ class DiT(nnx.Module):
     self.cfg = cfg
     self.embed = embedding(cfg.padded_vocab, cfg.d_model, ("vocab", "embed"), cfg, rngs)
     self.time_embed = TimeEmbedding(cfg, rngs)
-    self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.n_layers)])
+    self.blocks = make_blocks(lambda r: Block(cfg, r), cfg, rngs)
     self.head = OutputHead(cfg, cfg.padded_vocab, ("embed", "vocab"), rngs)
     # Drawn last, so every other parameter is initialised as in the RoPE-only DiT.
     self.positions = position_embedding(cfg, rngs)
@@ -226,10 +257,7 @@ class DiT(nnx.Module):
     return jax.nn.silu(cond)
 
   def forward_hidden(self, h, cond, positions):
-    step = nnx.remat(run_block) if self.cfg.remat else run_block
-    for block in self.blocks:
-      h = constrain_batch(step(block, h, cond, positions))
-    return h
+    return run_blocks(self.blocks, h, lambda block, h: constrain_batch(block(h, cond, positions)), self.cfg)
 
   def __call__(self, x_t, t, extra_cond=None):
     """x_t int [B, L], t float [B] -> logits [B, L, padded_vocab] (compute dtype)."""

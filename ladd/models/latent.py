@@ -14,7 +14,7 @@ from flax import nnx
 from ladd.diffusion import vq
 from ladd.models.dit import (
     Attention, Block, DiTConfig, Mlp, Modulation, OutputHead, TimeEmbedding, add_positions, attend,
-    dense, embedding, layer_norm, modulate, position_embedding)
+    dense, embedding, layer_norm, make_blocks, modulate, position_embedding, run_blocks)
 from ladd.sharding import constrain_batch
 
 
@@ -145,10 +145,6 @@ class JointBlock(nnx.Module):
             self.latent.update(hy, attended[:, length:], mods_y))
 
 
-def run_joint_block(block, hx, hy, cond, positions):
-  return block(hx, hy, cond, positions)
-
-
 class JointDenoiser(nnx.Module):
   """MM-DiT over [x_t ; y_t]: token logits (SUBS applied by the caller) and a latent head:
   y0-hat [B, S', d] for Co-LADD, code logits [B, S', K + 1] (id K = MASK) for Di-LADD.
@@ -165,7 +161,7 @@ class JointDenoiser(nnx.Module):
     self.latent_in = LatentInput(spec.dim, cfg, rngs)
     self.time_x = TimeEmbedding(cfg, rngs) if cfg.time_conditioning else None
     self.time_y = TimeEmbedding(cfg, rngs) if spec.condition_ty else None
-    self.blocks = nnx.List([JointBlock(cfg, rngs) for _ in range(cfg.n_layers)])
+    self.blocks = make_blocks(lambda r: JointBlock(cfg, r), cfg, rngs)
     self.token_head = OutputHead(cfg, cfg.padded_vocab, ("embed", "vocab"), rngs)
     if spec.kind == "co":
       self.latent_head = OutputHead(cfg, spec.dim, ("embed", "latent"), rngs)
@@ -191,10 +187,10 @@ class JointDenoiser(nnx.Module):
     if latent_masked is not None:
       hy = jnp.where(latent_masked[..., None], self.mask_vector.embedding[0].astype(hy.dtype), hy)
     positions = jnp.arange(x_t.shape[1] + y.shape[1])
-    step = nnx.remat(run_joint_block) if self.cfg.remat else run_joint_block
-    for block in self.blocks:
-      hx, hy = step(block, hx, hy, cond, positions)
-      hx = constrain_batch(hx)
+    def body(block, carry):
+      hx, hy = block(*carry, cond, positions)
+      return constrain_batch(hx), hy
+    hx, hy = run_blocks(self.blocks, (hx, hy), body, self.cfg)
     return self.token_head(hx, cond), self.latent_head(hy, cond).astype(jnp.float32)
 
 
