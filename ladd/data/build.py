@@ -16,8 +16,8 @@ from ladd.data.streams import TokenWindows, held_out_count
 from ladd.data.text import (SPLITS, InMemoryCorpus, TextCorpus, chars_per_token,
                             read_text_path, split_off_tail, tokenise_corpus)
 from ladd.data.tfds_text import TfdsCorpus, open_tfds_split
+from ladd.data.tokenizers import KINDS as TOKENIZERS
 
-TOKENIZERS = ("char", "bpe")
 
 
 def _binsaw(cfg, workdir: Path | None) -> Dataset:
@@ -41,8 +41,8 @@ def _binsaw(cfg, workdir: Path | None) -> Dataset:
 
 
 def _text_dataset(cfg, workdir: Path | None, corpus: TextCorpus) -> Dataset:
-  tokenizer, token_streams = tokenise_corpus(cfg.tokenizer, cfg.bpe_vocab_size, workdir,
-                                             corpus)
+  tokenizer, token_streams = tokenise_corpus(cfg.tokenizer, cfg.tokenizer_path,
+                                             cfg.bpe_vocab_size, workdir, corpus)
   windows = {split: TokenWindows(token_streams[split], cfg.seq_len) for split in SPLITS}
   _check_not_empty(len(windows["train"]), len(windows["eval"]), cfg.seq_len)
   character_level = tokenizer.kind == "char"
@@ -119,7 +119,8 @@ def _check_config(cfg) -> None:
     raise DataError(f"unknown data.source {cfg.source!r}; use one of"
                     f" {', '.join(_BUILDERS)}")
   if cfg.source in ("shakespeare", "text", "tfds") and cfg.tokenizer not in TOKENIZERS:
-    raise DataError(f"unknown data.tokenizer {cfg.tokenizer!r}; use 'char' or 'bpe'")
+    raise DataError(f"unknown data.tokenizer {cfg.tokenizer!r}; use one of"
+                    f" {', '.join(TOKENIZERS)}")
   for key in ("seq_len", "batch_size", "eval_batch_size"):
     if cfg[key] < 1:
       raise DataError(f"data.{key} must be at least 1, got {cfg[key]}")
