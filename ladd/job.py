@@ -70,7 +70,7 @@ def build_job(config, workdir):
   mesh = sharding.make_mesh(config.mesh)
   validate(config, mesh)
   dataset = build_dataset(config.data, workdir)
-  method = build_method(config, dataset.vocab_size)
+  method = build_method(config, dataset.vocab_size, dataset.pad_id)
   return Job(config, dataset, method, mesh, build_trainer(config, method, mesh))
 
 
@@ -103,7 +103,7 @@ def load_trained(workdir, step=None, which="ema"):
   dataset = build_dataset(config.data, workdir)
   if dataset.vocab_size != record.get("vocab_size"):
     raise checkpoint.CheckpointError(f"checkpoint vocab_size {record.get('vocab_size')} differs from the data's {dataset.vocab_size}")
-  method = build_method(config, dataset.vocab_size)
+  method = build_method(config, dataset.vocab_size, dataset.pad_id)
   job = Job(config, dataset, method, mesh, build_trainer(config, method, mesh))
   params, model_state = checkpoint.restore_params(mgr, step, job.trainer, which)
   mgr.close()

@@ -14,12 +14,12 @@ from ml_collections import config_flags
 from ladd import checkpoint, flags, metrics, sharding
 from ladd.errors import one_line_errors
 from ladd.job import build_job
-from ladd.trainer import evaluate_nelbo
+from ladd.trainer import evaluate_nelbo, perplexity
 
 CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/x.py:variant).", lock_config=True)
 
 CONSOLE_KEYS = ("loss", "nelbo_per_token", "grad_norm", "lr", "tokens_per_sec_per_device", "mfu",
-                "eval/nelbo_per_token", "eval/ppl_bound", "eval/bpc", "eval/latent_information_per_sequence")
+                "eval/nelbo_per_token", "eval/ppl", "eval/ppl_bound", "eval/bpc", "eval/latent_information_per_sequence")
 
 
 def held_out_metrics(job, params, model_state, num_batches):
@@ -29,8 +29,7 @@ def held_out_metrics(job, params, model_state, num_batches):
   totals = evaluate_nelbo(job.trainer, params, model_state, batches, job.config.eval.seed)
   per_token = totals["nelbo"] / totals["tokens"]
   out = {"eval/nelbo_per_token": per_token}
-  if job.method.nelbo_is_bound:
-    out["eval/ppl_bound"] = float(np.exp(per_token))
+  out.update({f"eval/{name}": value for name, value in perplexity(job.method, per_token).items()})
   for name in totals.keys() - {"nelbo", "sequences", "tokens"}:  # the method's own terms
     out[f"eval/{name}_per_sequence"] = totals[name] / totals["sequences"]
   if data.chars_per_token:
