@@ -115,6 +115,9 @@ def _prepared(cfg, workdir: Path | None) -> Dataset:
     raise DataError(f"{cfg.path} holds sequences of {manifest['seq_len']} tokens but"
                     f" data.seq_len={cfg.seq_len}; make them agree")
   vocab_size = manifest["vocab_size"]
+  if cfg.vocab_size and cfg.vocab_size != vocab_size:
+    raise DataError(f"{cfg.path} holds {vocab_size} token ids but data.vocab_size="
+                    f"{cfg.vocab_size}; set it to {vocab_size} or 0")
   splits = {split: TokenRecords(grain.sources.ArrayRecordDataSource(
       [str(Path(cfg.path) / f) for f in manifest["splits"][split]["files"]]), cfg.seq_len, vocab_size)
       for split in SPLITS}
