@@ -30,6 +30,8 @@ SEED = absl_flags.DEFINE_integer("seed", None, "Estimator seed (default: config 
 STEP = absl_flags.DEFINE_integer("checkpoint_step", None, "Checkpoint step to load (default: newest).")
 PARAMS = absl_flags.DEFINE_enum("params", "ema", ["ema", "raw"], "EMA or raw parameters.")
 OUTPUT = absl_flags.DEFINE_string("output", "", "Output JSON (default: <workdir>/eval.json).")
+SAMPLES = absl_flags.DEFINE_string("samples", "", "Score this ladd.sample JSONL file (gen-PPL under --judge, entropy, repeated n-grams) instead of a checkpoint's held-out likelihood.")
+JUDGE = absl_flags.DEFINE_string("judge", "", "With --samples: work directory of the autoregressive (method 'ar') judge checkpoint.")
 SAMPLE_STEPS = absl_flags.DEFINE_list("sample_steps", ["1", "2", "5", "10"], "Step counts for the exact sample metrics of sources with a known joint (toys).")
 
 
@@ -113,10 +115,26 @@ def plot_2d_densities(truth, rows, path):
   plt.close(fig)
 
 
+def score_samples(samples_path, judge_workdir, output):
+  """--samples mode: the metrics JSON beside the samples (or at --output)."""
+  from ladd import text_metrics
+  if not judge_workdir:
+    raise ValueError("--samples needs --judge=WORKDIR of an autoregressive (method 'ar') checkpoint")
+  records = text_metrics.read_samples(samples_path)
+  judge = text_metrics.load_judge(os.path.abspath(judge_workdir), STEP.value)
+  result = dict(text_metrics.sample_metrics(records, judge), samples_file=os.path.abspath(samples_path))
+  if jax.process_index() == 0:
+    checkpoint.write_json(output or os.path.splitext(samples_path)[0] + ".metrics.json", result)
+    print(json.dumps(result, indent=2), flush=True)
+
+
 def main(argv):
   del argv
   with one_line_errors("ladd.evaluate"):
     flags.start_distributed()
+    if SAMPLES.value:
+      score_samples(SAMPLES.value, JUDGE.value, OUTPUT.value)
+      return
     job, step, params, model_state = load_trained(flags.WORKDIR.value, STEP.value, PARAMS.value)
     workdir = os.path.abspath(flags.WORKDIR.value)
     cfg = job.config.eval

@@ -1,0 +1,150 @@
+"""Sample quality of generated text: generative perplexity under an autoregressive judge,
+unigram entropy and repeated n-grams (`ladd.evaluate --samples=FILE --judge=WORKDIR`).
+
+Every sample's text (a `ladd.sample` record) is cut at the first end-of-text token the
+judge's tokenizer knows, re-tokenised with the judge's tokenizer and scored by the
+judge's exact NLL: the text is read in windows of the judge's sequence length, each
+starting from BOS. Gen-PPL = exp(total NLL / total tokens) pooled over all samples.
+Entropy: per sample, the entropy in nats of its token-frequency histogram (judge
+tokens), averaged over samples; mode collapse shows as low entropy with a low gen-PPL.
+Repeated n-grams: the share of a sample's n-grams that repeat an earlier one, pooled.
+"""
+
+import collections
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+NGRAMS = (2, 3, 4)
+# Fields of a ladd.sample record that describe the sample, not the sampler.
+_PER_SAMPLE_FIELDS = ("index", "text", "true_nll")
+
+
+def unigram_entropy(ids: np.ndarray) -> float:
+  """Entropy (nats) of the empirical distribution of a sample's tokens; 0 for an empty one."""
+  if len(ids) == 0:
+    return 0.0
+  _, counts = np.unique(np.asarray(ids), return_counts=True)
+  p = counts / counts.sum()
+  return float(-(p * np.log(p)).sum())
+
+
+def repeated_ngrams(ids: np.ndarray, n: int) -> tuple[int, int]:
+  """(n-grams that repeat an earlier n-gram of the same sample, all n-grams)."""
+  grams = [tuple(ids[i:i + n]) for i in range(len(ids) - n + 1)]
+  return len(grams) - len(set(grams)), len(grams)
+
+
+def cut_at_eos(text: str, eos_text: str | None) -> str:
+  return text.split(eos_text, 1)[0] if eos_text else text
+
+
+def read_samples(path: str) -> list[dict]:
+  records = []
+  with open(path, encoding="utf-8") as f:
+    for number, line in enumerate(f, 1):
+      if line.strip():
+        try:
+          record = json.loads(line)
+        except json.JSONDecodeError:
+          raise ValueError(f"{path}:{number} is not a JSON record (ladd.sample writes one per line)") from None
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+          raise ValueError(f"{path}:{number} has no \"text\" field; give a ladd.sample samples.jsonl")
+        records.append(record)
+  if not records:
+    raise ValueError(f"{path} holds no samples")
+  return records
+
+
+def sampler_records(records: list[dict]) -> list[dict]:
+  """The distinct sampler settings in the file (each with its sample count)."""
+  counts = collections.Counter(
+      json.dumps({k: v for k, v in r.items() if k not in _PER_SAMPLE_FIELDS}, sort_keys=True)
+      for r in records)
+  return [dict(json.loads(key), samples=count) for key, count in counts.items()]
+
+
+class Judge:
+  """An autoregressive checkpoint scoring token sequences with its exact NLL."""
+
+  def __init__(self, job, params, model_state, description):
+    if not getattr(job.method, "exact_likelihood", False):
+      raise ValueError(f"the judge must be an autoregressive checkpoint (method 'ar'), got"
+                       f" {job.method.name!r}")
+    if job.dataset.tokenizer is None:
+      raise ValueError("the judge's data has no tokenizer, so it cannot read text")
+    self.tokenizer = job.dataset.tokenizer
+    self.seq_len = job.method.seq_len
+    self.batch_size = job.config.data.eval_batch_size
+    self.description = description
+    method, graphdef = job.method, job.trainer.graphdef
+
+    @jax.jit
+    def nll_sums(windows, weights):
+      model = nnx.merge(graphdef, params, model_state)
+      return jnp.sum(method.token_nll(model, windows) * weights, axis=-1)
+    self._nll_sums = nll_sums
+
+  def eos_text(self) -> str | None:
+    eos = self.tokenizer.eos_id
+    return None if eos is None else self.tokenizer.decode([eos])
+
+  def windows(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(windows [n, L], weights [n, L]): ids cut into windows of the judge's length, the
+    last one filled with id 0 at weight 0 (causal: the filler is never read)."""
+    count = max(1, -(-len(ids) // self.seq_len))
+    padded = np.zeros(count * self.seq_len, np.int32)
+    padded[:len(ids)] = ids
+    weights = np.zeros(count * self.seq_len, np.float32)
+    weights[:len(ids)] = 1.0
+    return padded.reshape(count, self.seq_len), weights.reshape(count, self.seq_len)
+
+  def total_nll(self, sequences: list[np.ndarray]) -> float:
+    windows, weights = zip(*(self.windows(ids) for ids in sequences if len(ids)))
+    windows, weights = np.concatenate(windows), np.concatenate(weights)
+    total = 0.0
+    for start in range(0, len(windows), self.batch_size):
+      batch, batch_weights = windows[start:start + self.batch_size], weights[start:start + self.batch_size]
+      rows = len(batch)
+      fill = self.batch_size - rows  # one compiled shape
+      batch = np.concatenate([batch, np.zeros((fill, self.seq_len), np.int32)])
+      batch_weights = np.concatenate([batch_weights, np.zeros((fill, self.seq_len), np.float32)])
+      total += float(np.asarray(self._nll_sums(batch, batch_weights), np.float64)[:rows].sum())
+    return total
+
+
+def sample_metrics(records: list[dict], judge: Judge) -> dict:
+  """Gen-PPL, entropy and repeated n-grams of the samples' texts, with what produced them."""
+  eos_text = judge.eos_text()
+  sequences = [judge.tokenizer.encode(cut_at_eos(r["text"], eos_text)) for r in records]
+  tokens = sum(len(ids) for ids in sequences)
+  if tokens == 0:
+    raise ValueError("every sample is empty before its first end-of-text token")
+  nll = judge.total_nll(sequences)
+  repeats = {n: np.sum([repeated_ngrams(ids, n) for ids in sequences], axis=0) for n in NGRAMS}
+  return {
+      "gen_ppl": float(np.exp(nll / tokens)),
+      "gen_nll_per_token": nll / tokens,
+      "unigram_entropy": float(np.mean([unigram_entropy(ids) for ids in sequences])),
+      **{f"repeated_{n}grams": float(r[0] / r[1]) if r[1] else 0.0 for n, r in repeats.items()},
+      "samples": len(records), "tokens": int(tokens),
+      "empty_samples": sum(len(ids) == 0 for ids in sequences),
+      "protocol": ("text cut at the first end-of-text token (excluded), re-tokenised by the judge,"
+                   f" scored in windows of {judge.seq_len} tokens from BOS; gen-PPL pooled over"
+                   " tokens; entropy: mean over samples of the unigram entropy (nats)"),
+      "judge": judge.description,
+      "judge_tokenizer": {"kind": judge.tokenizer.kind, "vocab_size": judge.tokenizer.vocab_size,
+                          "eos_id": judge.tokenizer.eos_id},
+      "samplers": sampler_records(records),
+  }
+
+
+def load_judge(workdir: str, step: int | None = None) -> Judge:
+  from ladd.job import load_trained  # builds the judge's job from its checkpoint
+  job, step, params, model_state = load_trained(workdir, step, "ema")
+  description = dict(job.method.describe(), workdir=workdir, checkpoint_step=int(step),
+                     params="ema", seq_len=job.method.seq_len, vocab_size=job.dataset.vocab_size)
+  return Judge(job, params, model_state, description)
