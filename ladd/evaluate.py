@@ -5,6 +5,11 @@ NELBO per token and per sequence (and any further terms the method's `nelbo` ret
 e.g. elbo_x / elbo_y for latent methods), the perplexity bound exp(NELBO/token), bits per token,
 bits per character for text, and the estimator used. Sources with a known joint (toys) also
 get exact sample metrics at each `--sample_steps` count and `<workdir>/exact_densities.png`.
+The autoregressive method's NELBO is its exact NLL: it reports `ppl`, a true perplexity.
+
+`--data=PATH` evaluates on another corpus (zero-shot) with the checkpoint's tokenizer and
+reports what that tokenizer could not represent; `--samples=FILE --judge=WORKDIR` scores
+generated text instead (ladd/text_metrics.py), written to FILE's stem + `.metrics.json`.
 """
 
 import dataclasses
@@ -18,6 +23,7 @@ from absl import flags as absl_flags
 
 from ladd import checkpoint, exact_metrics, flags
 from ladd.data.toys import JointDistribution
+from ladd.data.zero_shot import zero_shot_dataset
 from ladd.diffusion.sampling import SamplerSettings
 from ladd.errors import one_line_errors
 from ladd.job import load_trained
@@ -29,8 +35,9 @@ T_SAMPLES = absl_flags.DEFINE_integer("t_samples", None, "Time samples per seque
 SEED = absl_flags.DEFINE_integer("seed", None, "Estimator seed (default: config eval.seed).")
 STEP = absl_flags.DEFINE_integer("checkpoint_step", None, "Checkpoint step to load (default: newest).")
 PARAMS = absl_flags.DEFINE_enum("params", "ema", ["ema", "raw"], "EMA or raw parameters.")
-OUTPUT = absl_flags.DEFINE_string("output", "", "Output JSON (default: <workdir>/eval.json).")
+OUTPUT = absl_flags.DEFINE_string("output", "", "Output JSON (default: <workdir>/eval.json; with --data: <workdir>/eval_<data name>.json).")
 SAMPLES = absl_flags.DEFINE_string("samples", "", "Score this ladd.sample JSONL file (gen-PPL under --judge, entropy, repeated n-grams) instead of a checkpoint's held-out likelihood.")
+DATA = absl_flags.DEFINE_string("data", "", "Zero-shot: evaluate on this .txt file or directory (or prepared shards' eval split) with the checkpoint's tokenizer instead of its own held-out split.")
 JUDGE = absl_flags.DEFINE_string("judge", "", "With --samples: work directory of the autoregressive (method 'ar') judge checkpoint.")
 SAMPLE_STEPS = absl_flags.DEFINE_list("sample_steps", ["1", "2", "5", "10"], "Step counts for the exact sample metrics of sources with a known joint (toys).")
 
@@ -137,6 +144,9 @@ def main(argv):
       return
     job, step, params, model_state = load_trained(flags.WORKDIR.value, STEP.value, PARAMS.value)
     workdir = os.path.abspath(flags.WORKDIR.value)
+    zero_shot = None
+    if DATA.value:
+      job.dataset, zero_shot = zero_shot_dataset(job.dataset, DATA.value)
     cfg = job.config.eval
     result = evaluate(job, params, model_state, cfg.num_batches if NUM_BATCHES.value is None else NUM_BATCHES.value,
                       T_SAMPLES.value or cfg.t_samples, cfg.seed if SEED.value is None else SEED.value)
@@ -145,8 +155,11 @@ def main(argv):
       plot = os.path.join(workdir, "exact_densities.png") if jax.process_index() == 0 else None
       result["exact_sample_metrics"], _ = exact_sample_metrics(job, params, model_state, steps, job.config.sample.seed, plot)
     result = dict(job.method.describe(), checkpoint_step=int(step), params=PARAMS.value, **result)
+    if zero_shot:
+      result["zero_shot"] = zero_shot
     if jax.process_index() == 0:
-      checkpoint.write_json(OUTPUT.value or os.path.join(workdir, "eval.json"), result)
+      default = f"eval_{os.path.splitext(os.path.basename(os.path.normpath(DATA.value)))[0]}.json" if DATA.value else "eval.json"
+      checkpoint.write_json(OUTPUT.value or os.path.join(workdir, default), result)
       print(json.dumps(result, indent=2), flush=True)
 
 

@@ -2,11 +2,14 @@
 
 import json
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from configs import shakespeare
+from ladd.data.shakespeare import load_shakespeare
+from ladd.data.zero_shot import zero_shot_dataset
 from ladd.evaluate import evaluate
 from ladd.job import load_trained
 from ladd.text_metrics import Judge, repeated_ngrams, sample_metrics, unigram_entropy
@@ -35,7 +38,7 @@ def judge(tmp_path_factory):
       capture_output=True, text=True, timeout=600)
   assert run.returncode == 0, run.stderr[-2000:]
   job, step, params, model_state = load_trained(workdir)
-  return workdir, job, Judge(job, params, model_state, {"workdir": workdir})
+  return workdir, job, Judge(job, params, model_state, {"workdir": workdir}), (params, model_state)
 
 
 def records(texts):
@@ -44,8 +47,8 @@ def records(texts):
 
 @pytest.fixture(scope="module")
 def held_out(judge):
-  _, job, _ = judge
-  result = evaluate(job, *load_trained(judge[0])[2:], 0, 1, 0)
+  _, job, _, (params, model_state) = judge
+  result = evaluate(job, params, model_state, 16, 1, 0)  # 128 windows
   windows = [job.dataset.eval_examples[i] for i in range(result["estimator"]["sequences"])]
   return result, [job.dataset.decode(w) for w in windows]
 
@@ -59,14 +62,14 @@ def test_gen_ppl_of_held_out_text_is_its_perplexity(judge, held_out):
 
 
 def test_gen_ppl_of_training_text_is_close_to_held_out(judge, held_out):
-  _, job, scorer = judge
+  _, job, scorer, _ = judge
   texts = [job.dataset.decode(job.dataset.train_examples[i]) for i in range(0, 20000, 200)]
   np.testing.assert_allclose(sample_metrics(records(texts), scorer)["gen_ppl"], held_out[0]["ppl"],
                              rtol=0.15)
 
 
 def test_gen_ppl_of_uniform_random_tokens_is_vocabulary_scale(judge):
-  _, job, scorer = judge
+  _, job, scorer, _ = judge
   vocab = job.dataset.vocab_size
   rng = np.random.default_rng(0)
   draws = [rng.integers(0, vocab - 1, 64) for _ in range(16)]  # any id but <unk>
@@ -77,7 +80,7 @@ def test_gen_ppl_of_uniform_random_tokens_is_vocabulary_scale(judge):
 
 
 def test_evaluate_scores_a_samples_file(judge, held_out, tmp_path):
-  workdir, _, scorer = judge
+  workdir, _, scorer, _ = judge
   samples = tmp_path / "samples.jsonl"
   texts = held_out[1][:8] + ["aaaa aaaa aaaa"]
   samples.write_text("".join(json.dumps(r) + "\n" for r in records(texts)))
@@ -93,3 +96,22 @@ def test_evaluate_scores_a_samples_file(judge, held_out, tmp_path):
   bad = subprocess.run(entry_point("ladd.evaluate", f"--samples={samples}"), cwd=ROOT,
                        env=subprocess_env(1), capture_output=True, text=True, timeout=300)
   assert bad.returncode == 2 and "ladd.evaluate: error: --samples needs --judge" in bad.stderr
+
+
+def test_zero_shot_reports_what_the_tokenizer_cannot_represent(judge, held_out, tmp_path):
+  workdir, job, _, _ = judge
+  _, plays = load_shakespeare(job.config.data.eval_plays)
+  (tmp_path / "plays.txt").write_text(plays)
+  run = subprocess.run(entry_point("ladd.evaluate", f"--workdir={workdir}", f"--data={tmp_path / 'plays.txt'}",
+                                   "--num_batches=16"),
+                       cwd=ROOT, env=subprocess_env(1), capture_output=True, text=True, timeout=600)
+  assert run.returncode == 0, run.stderr[-2000:]
+  written = json.loads((Path(workdir) / "eval_plays.json").read_text())
+  np.testing.assert_allclose(written["ppl"], held_out[0]["ppl"], rtol=1e-5)  # the same text
+  seen = set(job.dataset.tokenizer.chars)
+  text = "To be, or not to be €€ 😀 " * 3
+  (tmp_path / "odd.txt").write_text(text)
+  dataset, report = zero_shot_dataset(job.dataset, str(tmp_path / "odd.txt"))
+  unseen = sum(c not in seen for c in text)
+  assert unseen >= 9 and report["unrepresentable_characters"] == report["unknown_tokens"] == unseen
+  assert report["tokens"] == len(text) and len(dataset.eval_examples) == len(text) // 32
