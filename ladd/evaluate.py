@@ -38,7 +38,7 @@ PARAMS = absl_flags.DEFINE_enum("params", "ema", ["ema", "raw"], "EMA or raw par
 OUTPUT = absl_flags.DEFINE_string("output", "", "Output JSON (default: <workdir>/eval.json; with --data: <workdir>/eval_<data name>.json).")
 SAMPLES = absl_flags.DEFINE_string("samples", "", "Score this ladd.sample JSONL file (gen-PPL under --judge, entropy, repeated n-grams) instead of a checkpoint's held-out likelihood.")
 DATA = absl_flags.DEFINE_string("data", "", "Zero-shot: evaluate on this .txt file or directory (or prepared shards' eval split) with the checkpoint's tokenizer instead of its own held-out split.")
-JUDGE = absl_flags.DEFINE_string("judge", "", "With --samples: work directory of the autoregressive (method 'ar') judge checkpoint.")
+JUDGE = absl_flags.DEFINE_string("judge", "", "With --samples: work directory of an autoregressive (method 'ar') checkpoint, or a local GPT-2 directory (config.json + model.safetensors).")
 SAMPLE_STEPS = absl_flags.DEFINE_list("sample_steps", ["1", "2", "5", "10"], "Step counts for the exact sample metrics of sources with a known joint (toys).")
 
 
@@ -126,7 +126,8 @@ def score_samples(samples_path, judge_workdir, output):
   """--samples mode: the metrics JSON beside the samples (or at --output)."""
   from ladd import text_metrics
   if not judge_workdir:
-    raise ValueError("--samples needs --judge=WORKDIR of an autoregressive (method 'ar') checkpoint")
+    raise ValueError("--samples needs --judge=WORKDIR of an autoregressive (method 'ar')"
+                     " checkpoint or a GPT-2 safetensors directory")
   records = text_metrics.read_samples(samples_path)
   judge = text_metrics.load_judge(os.path.abspath(judge_workdir), STEP.value)
   result = dict(text_metrics.sample_metrics(records, judge), samples_file=os.path.abspath(samples_path))

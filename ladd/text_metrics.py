@@ -12,6 +12,7 @@ Repeated n-grams: the share of a sample's n-grams that repeat an earlier one, po
 
 import collections
 import json
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -68,25 +69,57 @@ def sampler_records(records: list[dict]) -> list[dict]:
 
 
 class Judge:
-  """An autoregressive checkpoint scoring token sequences with its exact NLL."""
+  """Scores token sequences with an autoregressive model's exact NLL.
 
-  def __init__(self, job, params, model_state, description):
+  `nll_sums(windows [B, L], weights [B, L]) -> [B]` sums the weighted -log p(x_i | x_<i)
+  of each window, every window read from BOS.
+  """
+
+  def __init__(self, nll_sums, tokenizer, seq_len, batch_size, description):
+    self._nll_sums, self.tokenizer, self.seq_len = nll_sums, tokenizer, seq_len
+    self.batch_size, self.description = batch_size, description
+
+  @classmethod
+  def from_job(cls, job, params, model_state, description):
+    """A trained ladd `ar` checkpoint and the tokenizer of its data."""
     if not getattr(job.method, "exact_likelihood", False):
       raise ValueError(f"the judge must be an autoregressive checkpoint (method 'ar'), got"
                        f" {job.method.name!r}")
     if job.dataset.tokenizer is None:
       raise ValueError("the judge's data has no tokenizer, so it cannot read text")
-    self.tokenizer = job.dataset.tokenizer
-    self.seq_len = job.method.seq_len
-    self.batch_size = job.config.data.eval_batch_size
-    self.description = description
     method, graphdef = job.method, job.trainer.graphdef
 
     @jax.jit
     def nll_sums(windows, weights):
       model = nnx.merge(graphdef, params, model_state)
       return jnp.sum(method.token_nll(model, windows) * weights, axis=-1)
-    self._nll_sums = nll_sums
+    return cls(nll_sums, job.dataset.tokenizer, method.seq_len, job.config.data.eval_batch_size,
+               description)
+
+  @classmethod
+  def from_gpt2(cls, directory, batch_size=8):
+    """GPT-2 from a local safetensors checkpoint with the GPT-2 tokenizer; BOS is
+    <|endoftext|>, as GPT-2 was trained with it between documents."""
+    from ladd.data.tokenizers import Gpt2Tokenizer
+    from ladd.models import gpt2
+    config, params = gpt2.load_gpt2(directory)
+    params = {name: jnp.asarray(value) for name, value in params.items()}
+    tokenizer = Gpt2Tokenizer()
+    if config["vocab_size"] != tokenizer.vocab_size:
+      raise ValueError(f"{directory} has a vocabulary of {config['vocab_size']}, GPT-2's is"
+                       f" {tokenizer.vocab_size}")
+    bos = tokenizer.eos_id
+
+    @jax.jit
+    def nll_sums(windows, weights):
+      inputs = jnp.concatenate([jnp.full_like(windows[:, :1], bos), windows[:, :-1]], axis=1)
+      log_probs = jax.nn.log_softmax(gpt2.gpt2_logits(config, params, inputs), axis=-1)
+      nll = -jnp.take_along_axis(log_probs, windows[..., None], axis=-1)[..., 0]
+      return jnp.sum(nll * weights, axis=-1)
+    description = {"method": "gpt2", "likelihood": "exact", "path": str(directory),
+                   "n_layer": config["n_layer"], "n_embd": config["n_embd"], "seq_len": config["n_ctx"],
+                   "bos": "<|endoftext|>"}
+    return cls(nll_sums, tokenizer, config["n_ctx"], batch_size, description)
 
   def eos_text(self) -> str | None:
     eos = self.tokenizer.eos_id
@@ -142,9 +175,13 @@ def sample_metrics(records: list[dict], judge: Judge) -> dict:
   }
 
 
-def load_judge(workdir: str, step: int | None = None) -> Judge:
+def load_judge(path: str, step: int | None = None) -> Judge:
+  """A GPT-2 safetensors directory (config.json + model.safetensors) or a ladd `ar` work
+  directory (its EMA parameters)."""
+  if (Path(path) / "model.safetensors").exists():
+    return Judge.from_gpt2(path)
   from ladd.job import load_trained  # builds the judge's job from its checkpoint
-  job, step, params, model_state = load_trained(workdir, step, "ema")
-  description = dict(job.method.describe(), workdir=workdir, checkpoint_step=int(step),
+  job, step, params, model_state = load_trained(path, step, "ema")
+  description = dict(job.method.describe(), workdir=path, checkpoint_step=int(step),
                      params="ema", seq_len=job.method.seq_len, vocab_size=job.dataset.vocab_size)
-  return Judge(job, params, model_state, description)
+  return Judge.from_job(job, params, model_state, description)

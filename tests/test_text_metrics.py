@@ -38,7 +38,7 @@ def judge(tmp_path_factory):
       capture_output=True, text=True, timeout=600)
   assert run.returncode == 0, run.stderr[-2000:]
   job, step, params, model_state = load_trained(workdir)
-  return workdir, job, Judge(job, params, model_state, {"workdir": workdir}), (params, model_state)
+  return workdir, job, Judge.from_job(job, params, model_state, {"workdir": workdir}), (params, model_state)
 
 
 def records(texts):
