@@ -185,3 +185,36 @@ def load_judge(path: str, step: int | None = None) -> Judge:
   description = dict(job.method.describe(), workdir=path, checkpoint_step=int(step),
                      params="ema", seq_len=job.method.seq_len, vocab_size=job.dataset.vocab_size)
   return Judge.from_job(job, params, model_state, description)
+
+
+def frontier_table(rows: list[dict]) -> str:
+  """Markdown: one line per (work directory, steps, temperature), sorted as given."""
+  lines = ["| workdir | method | steps | NFE | temperature | gen-PPL | entropy | rep. 4-grams |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+  for r in rows:
+    lines.append(f"| {r['workdir']} | {r['method']} | {r['steps']} | {r['nfe']:g} | {r['temperature']:g} |"
+                 f" {r['gen_ppl']:.2f} | {r['unigram_entropy']:.3f} | {r['repeated_4grams']:.3f} |")
+  return "\n".join(lines) + "\n"
+
+
+def plot_frontier(rows: list[dict], path: str) -> None:
+  """Two panels: gen-PPL against entropy and against NFE, one line per work directory."""
+  try:
+    import matplotlib
+  except ImportError as e:
+    raise ValueError("the sweep plot needs matplotlib: pip install -e '.[plots]'") from e
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+  for workdir in dict.fromkeys(r["workdir"] for r in rows):
+    mine = [r for r in rows if r["workdir"] == workdir]
+    label = f"{mine[0]['method']} ({workdir})"
+    left.plot([r["unigram_entropy"] for r in mine], [r["gen_ppl"] for r in mine], "o", label=label)
+    right.plot([r["nfe"] for r in mine], [r["gen_ppl"] for r in mine], "o-", label=label)
+  left.set(xlabel="unigram entropy (nats)", ylabel="gen-PPL", yscale="log")
+  right.set(xlabel="NFE", ylabel="gen-PPL", xscale="log", yscale="log")
+  right.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)

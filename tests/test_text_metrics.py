@@ -115,3 +115,19 @@ def test_zero_shot_reports_what_the_tokenizer_cannot_represent(judge, held_out, 
   unseen = sum(c not in seen for c in text)
   assert unseen >= 9 and report["unrepresentable_characters"] == report["unknown_tokens"] == unseen
   assert report["tokens"] == len(text) and len(dataset.eval_examples) == len(text) // 32
+
+
+def test_sweep_writes_the_frontier(judge, tmp_path):
+  workdir = judge[0]
+  out = tmp_path / "sweep"
+  run = subprocess.run(entry_point("ladd.sweep", f"--workdirs={workdir}", f"--judge={workdir}",
+                                   "--steps=2", "--temperatures=1.0,0.5", "--num_samples=4",
+                                   f"--output={out}"),
+                       cwd=ROOT, env=subprocess_env(1), capture_output=True, text=True, timeout=600)
+  assert run.returncode == 0, run.stderr[-2000:]
+  sweep = json.loads((out / "sweep.json").read_text())
+  assert [(r["steps"], r["temperature"], r["nfe"]) for r in sweep["rows"]] == [(2, 1.0, 32), (2, 0.5, 32)]
+  samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+  again = sample_metrics([s for s in samples if s["temperature"] == 0.5], judge[2])
+  np.testing.assert_allclose(sweep["rows"][1]["gen_ppl"], again["gen_ppl"], rtol=1e-5)
+  assert (out / "frontier.md").read_text().count("\n| ") == 3 and (out / "frontier.png").stat().st_size > 0
