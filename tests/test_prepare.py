@@ -52,22 +52,23 @@ def test_prepare_twice_and_resumed_give_identical_shards(tmp_path):
   write_corpus(tmp_path / "corpus")
   small_bpe_with_eos(tmp_path / "bpe.json")
   common = [f"--source={tmp_path / 'corpus'}", f"--tokenizer={tmp_path / 'bpe.json'}",
-            "--seq_len=16", "--held_out_documents=5", "--documents_per_shard=3", "--workers=2"]
-  first = run_prepare(*common, f"--output={tmp_path / 'a'}")
+            "--seq_len=16", "--held_out_documents=5", "--documents_per_shard=3"]
+  first = run_prepare(*common, "--workers=2", f"--output={tmp_path / 'a'}")  # real worker processes
   assert first.returncode == 0, first.stderr[-2000:]
-  interrupted = run_prepare(*common, f"--output={tmp_path / 'b'}", "--stop_after_shards=3")
+  # The other run prepares in its own process: shards must not depend on the worker count.
+  interrupted = run_prepare(*common, "--workers=1", f"--output={tmp_path / 'b'}", "--stop_after_shards=3")
   assert interrupted.returncode == 0, interrupted.stderr[-2000:]
   assert "rerun the same command to resume" in interrupted.stdout
   assert len(list((tmp_path / "b").glob("*.done.json"))) == 3
   assert not (tmp_path / "b" / "manifest.json").exists()
-  resumed = run_prepare(*common, f"--output={tmp_path / 'b'}")
+  resumed = run_prepare(*common, "--workers=1", f"--output={tmp_path / 'b'}")
   assert resumed.returncode == 0 and "3 done already" in resumed.stdout, resumed.stderr[-2000:]
   a, b = files(tmp_path / "a"), files(tmp_path / "b")
   assert len([n for n in a if n.endswith(".array_record")]) == 8  # 6 train + 2 eval shards
   assert a == b  # shards, markers and manifest: byte for byte
   manifest = json.loads(a["manifest.json"])
   assert manifest["splits"]["eval"]["documents"] == 5 and manifest["pad_id"] is None
-  changed = run_prepare(*common[:-2], "--documents_per_shard=4", f"--output={tmp_path / 'b'}")
+  changed = run_prepare(*common[:-1], "--documents_per_shard=4", f"--output={tmp_path / 'b'}")
   assert changed.returncode == 2
   assert "ladd.prepare: error:" in changed.stderr and "documents_per_shard" in changed.stderr
 

@@ -1,8 +1,8 @@
 """Sample metrics for text: gen-PPL under an AR judge, unigram entropy, repeated n-grams."""
 
+import dataclasses
 import json
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -99,15 +99,12 @@ def test_evaluate_scores_a_samples_file(judge, held_out, tmp_path):
 
 
 def test_zero_shot_reports_what_the_tokenizer_cannot_represent(judge, held_out, tmp_path):
-  workdir, job, _, _ = judge
+  _, job, _, _ = judge
   _, plays = load_shakespeare(job.config.data.eval_plays)
   (tmp_path / "plays.txt").write_text(plays)
-  run = subprocess.run(entry_point("ladd.evaluate", f"--workdir={workdir}", f"--data={tmp_path / 'plays.txt'}",
-                                   "--num_batches=16"),
-                       cwd=ROOT, env=subprocess_env(1), capture_output=True, text=True, timeout=600)
-  assert run.returncode == 0, run.stderr[-2000:]
-  written = json.loads((Path(workdir) / "eval_plays.json").read_text())
-  np.testing.assert_allclose(written["ppl"], held_out[0]["ppl"], rtol=1e-5)  # the same text
+  plays_job = dataclasses.replace(job, dataset=zero_shot_dataset(job.dataset, str(tmp_path / "plays.txt"))[0])
+  result = evaluate(plays_job, *judge[3], 16, 1, 0)
+  np.testing.assert_allclose(result["ppl"], held_out[0]["ppl"], rtol=1e-5)  # the same text
   seen = set(job.dataset.tokenizer.chars)
   text = "To be, or not to be €€ 😀 " * 3
   (tmp_path / "odd.txt").write_text(text)
