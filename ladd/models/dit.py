@@ -1,4 +1,5 @@
-"""Bidirectional DiT backbone: adaLN-zero conditioning, RoPE, zero-initialised head.
+"""DiT backbone: adaLN-zero conditioning, RoPE, zero-initialised head; bidirectional,
+or causal with `causal=True` (the autoregressive method).
 
 Every parameter carries logical axis names (`embed`, `mlp`, `heads`, `vocab`, `cond`);
 ladd.sharding maps them onto the mesh. The pieces (`Attention`, `Mlp`, `Modulation`,
