@@ -1,32 +1,23 @@
-"""Template: MDLM at GPT-2 small scale on OpenWebText across a TPU pod slice.
-
-Prepare the dataset once on a machine with network access
-(`tfds build openwebtext --data_dir=/mnt/shared/tfds`) and copy it to a filesystem every host mounts, then launch on every host:
-  python -m ladd.train --config=configs/openwebtext_pod.py --workdir=/mnt/shared/runs/owt \
-      --distributed
+"""configs/openwebtext.py (MDLM-small, GPT-2 tokens, L = 1024, prepared shards) across a
+TPU pod slice. Prepare the shards once onto a filesystem every host mounts, then launch
+on every host:
+  python -m ladd.train --config=configs/openwebtext_pod.py --workdir=/mnt/shared/runs/owt \\
+      --config.data.path=/mnt/shared/owt_gpt2 --distributed
 Variants: default (v5p-128: fsdp over all chips), `:v5e` (data x fsdp on 16x16),
 `:1b` (2048 x 20 layers, 1.2B parameters), `:8b` (4096 x 36 layers, 7.7B parameters, scanned).
 `python -m ladd.compile --config=configs/openwebtext_pod.py:1b --topology=v5p:4x4x8` reports
 whether a variant fits a slice (README "Memory per chip").
 """
 
-from ladd.config import default_config
+from configs import openwebtext
 
 VARIANTS = ("", "v5e", "1b", "8b")
 
 
 def get_config(variant=""):
-  c = default_config()
-  c.data.update(source="tfds", tfds_name="openwebtext", tfds_data_dir="/mnt/shared/tfds",
-                tfds_train_split="train[:-100000]", tfds_eval_split="train[-100000:]",
-                tokenizer="bpe", bpe_vocab_size=50257, seq_len=1024, batch_size=512,
-                eval_batch_size=512, num_workers=8)
-  c.model.update(d_model=768, n_layers=12, n_heads=12, cond_dim=128, dtype="bfloat16", remat="full")
-  c.optim.update(lr=3e-4, warmup_steps=2500, weight_decay=0.0, ema_decay=0.9999)
-  c.train.update(steps=1_000_000, log_every=100, eval_every=10_000, eval_batches=64,
-                 checkpoint_every=5_000, keep_checkpoints=3)
+  c = openwebtext.get_config()
+  c.data.update(path="/mnt/shared/owt_gpt2")
   c.mesh.update(data=1, fsdp=-1, tensor=1)
-  c.eval.update(num_batches=0)
   if variant == "v5e":
     c.mesh.update(data=2, fsdp=-1, tensor=1)
   elif variant == "1b":

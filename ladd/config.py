@@ -11,7 +11,9 @@ def default_config():
   c.seed = 0
 
   c.data = dict(
-      source="shakespeare", tokenizer="char", bpe_vocab_size=2048, seq_len=256,
+      # tokenizer: char | bpe (trained, or loaded from tokenizer_path, any `tokenizers`
+      # JSON file) | gpt2 (the exact GPT-2 BPE, shipped with the package).
+      source="shakespeare", tokenizer="char", tokenizer_path="", bpe_vocab_size=2048, seq_len=256,
       batch_size=64, eval_batch_size=64, shuffle_seed=0, num_workers=0,
       path="", eval_path="", vocab_size=0,
       tfds_name="", tfds_data_dir="", tfds_train_split="train",

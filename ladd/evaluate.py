@@ -8,6 +8,11 @@ exp(NELBO/token), bits per token and bits per character for text (ladd.summary),
 estimator used; with `--bound_steps=N[,N...]` also the N-step bound of the N-step
 sampler at each N (one printed line each, and "nstep_bounds"). Sources with a known joint (toys) also
 get exact sample metrics at each `--sample_steps` count and `<workdir>/exact_densities.png`.
+The autoregressive method's NELBO is its exact NLL: it reports `ppl`, a true perplexity.
+
+`--data=PATH` evaluates on another corpus (zero-shot) with the checkpoint's tokenizer and
+reports what that tokenizer could not represent; `--samples=FILE --judge=WORKDIR` scores
+generated text instead (ladd/text_metrics.py), written to FILE's stem + `.metrics.json`.
 """
 
 import dataclasses
@@ -20,6 +25,7 @@ from absl import flags as absl_flags
 
 from ladd import checkpoint, exact_metrics, flags, nstep_bound, summary
 from ladd.metrics import progress
+from ladd.data.zero_shot import zero_shot_dataset
 from ladd.diffusion.sampling import SamplerSettings
 from ladd.errors import one_line_errors
 from ladd.job import load_trained
@@ -31,9 +37,19 @@ T_SAMPLES = absl_flags.DEFINE_integer("t_samples", None, "Time samples per seque
 SEED = absl_flags.DEFINE_integer("seed", None, "Estimator seed (default: config eval.seed).")
 STEP = absl_flags.DEFINE_integer("checkpoint_step", None, "Checkpoint step to load (default: newest).")
 PARAMS = absl_flags.DEFINE_enum("params", "ema", ["ema", "raw"], "EMA or raw parameters.")
-OUTPUT = absl_flags.DEFINE_string("output", "", "Output JSON (default: <workdir>/eval.json).")
+OUTPUT = absl_flags.DEFINE_string("output", "", "Output JSON (default: <workdir>/eval.json; with --data: <workdir>/eval_<data name>.json).")
+SAMPLES = absl_flags.DEFINE_string("samples", "", "Score this ladd.sample JSONL file (gen-PPL under --judge, entropy, repeated n-grams) instead of a checkpoint's held-out likelihood.")
+DATA = absl_flags.DEFINE_string("data", "", "Zero-shot: evaluate on this .txt file or directory (or prepared shards' eval split) with the checkpoint's tokenizer instead of its own held-out split.")
+JUDGE = absl_flags.DEFINE_string("judge", "", "With --samples: work directory of an autoregressive (method 'ar') checkpoint, or a local GPT-2 directory (config.json + model.safetensors).")
 BOUND_STEPS = absl_flags.DEFINE_list("bound_steps", [], "Step counts N for the N-step bound of the N-step sampler (e.g. 1,4,16); none by default.")
 SAMPLE_STEPS = absl_flags.DEFINE_list("sample_steps", ["1", "2", "5", "10"], "Step counts for the exact sample metrics of sources with a known joint (toys).")
+
+
+def estimator(method, t_samples, seed):
+  if method.quantities["nelbo"] == "exact":
+    return {"kind": "exact NLL, left to right"}
+  return {"kind": "continuous-time NELBO with end terms, one stratified t per sequence per draw",
+          "schedule": method.schedule.kind, "t_samples": t_samples, "seed": seed}
 
 
 def evaluate(job, params, model_state, num_batches, t_samples, seed):
@@ -46,11 +62,8 @@ def evaluate(job, params, model_state, num_batches, t_samples, seed):
   result = summary.summarize(totals, job.method.quantities, job.dataset.chars_per_token)
   result.update({
       "vocab_size": job.dataset.vocab_size,
-      "estimator": {
-          "kind": "continuous-time NELBO with end terms, one stratified t per sequence per draw",
-          "schedule": job.method.schedule.kind, "t_samples": t_samples, "seed": seed,
-          "split": "held-out", "sequences": totals["sequences"], "tokens": totals["tokens"],
-      },
+      "estimator": dict(estimator(job.method, t_samples, seed), split="held-out",
+                        sequences=totals["sequences"], tokens=totals["tokens"]),
   })
   if job.dataset.exact is not None:
     result["exact_entropy_per_sequence"] = job.dataset.exact.entropy()
@@ -122,14 +135,34 @@ def plot_2d_densities(truth, rows, path):
   plt.close(fig)
 
 
+def score_samples(samples_path, judge_workdir, output):
+  """--samples mode: the metrics JSON beside the samples (or at --output)."""
+  from ladd import text_metrics
+  if not judge_workdir:
+    raise ValueError("--samples needs --judge=WORKDIR of an autoregressive (method 'ar')"
+                     " checkpoint or a GPT-2 safetensors directory")
+  records = text_metrics.read_samples(samples_path)
+  judge = text_metrics.load_judge(os.path.abspath(judge_workdir), STEP.value)
+  result = dict(text_metrics.sample_metrics(records, judge), samples_file=os.path.abspath(samples_path))
+  if jax.process_index() == 0:
+    checkpoint.write_json(output or os.path.splitext(samples_path)[0] + ".metrics.json", result)
+    print(json.dumps(result, indent=2), flush=True)
+
+
 def main(argv):
   del argv
   with one_line_errors("ladd.evaluate"):
     flags.start_distributed()
+    if SAMPLES.value:
+      score_samples(SAMPLES.value, JUDGE.value, OUTPUT.value)
+      return
     bound_steps = parse_steps(BOUND_STEPS.value, "bound_steps")
     nstep_bound.check_steps(bound_steps)  # before the (slow) checkpoint load
     job, step, params, model_state = load_trained(flags.WORKDIR.value, STEP.value, PARAMS.value)
     workdir = os.path.abspath(flags.WORKDIR.value)
+    zero_shot = None
+    if DATA.value:
+      job.dataset, zero_shot = zero_shot_dataset(job.dataset, DATA.value)
     cfg = job.config.eval
     num_batches = cfg.num_batches if NUM_BATCHES.value is None else NUM_BATCHES.value
     seed = cfg.seed if SEED.value is None else SEED.value
@@ -142,8 +175,11 @@ def main(argv):
       plot = os.path.join(workdir, "exact_densities.png") if jax.process_index() == 0 else None
       result["exact_sample_metrics"], _ = exact_sample_metrics(job, params, model_state, steps, job.config.sample.seed, plot)
     result = dict(job.method.describe(), checkpoint_step=int(step), params=PARAMS.value, **result)
+    if zero_shot:
+      result["zero_shot"] = zero_shot
     if jax.process_index() == 0:
-      checkpoint.write_json(OUTPUT.value or os.path.join(workdir, "eval.json"), result)
+      default = f"eval_{os.path.splitext(os.path.basename(os.path.normpath(DATA.value)))[0]}.json" if DATA.value else "eval.json"
+      checkpoint.write_json(OUTPUT.value or os.path.join(workdir, default), result)
       for line in bound_lines:  # before the JSON, which ends the output
         print(line)
       print(json.dumps(result, indent=2), flush=True)

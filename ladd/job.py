@@ -97,7 +97,7 @@ def build_job(config, workdir):
   mesh = sharding.make_mesh(config.mesh)
   validate(config, mesh)
   dataset = build_dataset(config.data, workdir)
-  method = build_method(config, dataset.vocab_size)
+  method = build_method(config, dataset.vocab_size, dataset.pad_id)
   return Job(config, dataset, method, mesh, build_trainer(config, method, mesh))
 
 
@@ -148,5 +148,5 @@ def _job_from_record(record, workdir):
   dataset = build_dataset(config.data, workdir)
   if dataset.vocab_size != record.get("vocab_size"):
     raise checkpoint.CheckpointError(f"checkpoint vocab_size {record.get('vocab_size')} differs from the data's {dataset.vocab_size}")
-  method = build_method(config, dataset.vocab_size)
+  method = build_method(config, dataset.vocab_size, dataset.pad_id)
   return Job(config, dataset, method, mesh, build_trainer(config, method, mesh))

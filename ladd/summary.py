@@ -1,8 +1,9 @@
 """The one place that turns held-out totals into reported metrics (ladd.train, ladd.evaluate
 and the experiment tables all call `summarize`).
 
-What a number is comes from the method (`method.quantities`: name -> "bound" | "objective" |
-"diagnostic"); a name it does not list is a diagnostic. Every quantity gets
+What a number is comes from the method (`method.quantities`: name -> "exact" | "bound" |
+"objective" | "diagnostic"); a name it does not list is a diagnostic. "exact" is -log p(x0)
+itself (the autoregressive method): its perplexity is `ppl`, not a bound. Every quantity gets
 `<name>_per_token` and `<name>_per_sequence` (nats); only a bound also gets a perplexity
 bound and bits per token (and per character on text): `ppl_bound`, `bits_per_token`,
 `bits_per_char` for "nelbo", `<name>_ppl_bound` etc. for any other bound (e.g. the N-step
@@ -11,7 +12,7 @@ bounds "nelbo_nstep_4"). Call it once per estimator (each with its own counts) a
 
 import math
 
-KINDS = ("bound", "objective", "diagnostic")
+KINDS = ("exact", "bound", "objective", "diagnostic")
 COUNTS = ("sequences", "tokens")
 
 
@@ -34,9 +35,10 @@ def summarize(totals, quantities, chars_per_token=0.0):
     per_token = total / tokens
     out[f"{name}_per_token"] = per_token
     out[f"{name}_per_sequence"] = total / sequences
-    if kind == "bound":
+    if kind in ("exact", "bound"):
       # an untrained latent can cost more nats than exp can hold: the bound is then inf
-      out[bound_key(name, "ppl_bound")] = math.exp(per_token) if per_token < 700 else math.inf
+      ppl = "ppl" if kind == "exact" else "ppl_bound"
+      out[bound_key(name, ppl)] = math.exp(per_token) if per_token < 700 else math.inf
       out[bound_key(name, "bits_per_token")] = per_token / math.log(2)
       if chars_per_token:
         out[bound_key(name, "bits_per_char")] = per_token / math.log(2) / chars_per_token

@@ -19,8 +19,8 @@ from ladd.trainer import evaluate_nelbo
 CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/x.py:variant).", lock_config=True)
 
 CONSOLE_KEYS = ("loss", "nelbo_per_token", "grad_norm", "lr", "tokens_per_sec_per_device", "mfu",
-                "step_time_s", "data_wait_s",
-                "eval/nelbo_per_token", "eval/ppl_bound", "eval/bits_per_char", "eval/latent_information_per_sequence")
+                "step_time_s", "data_wait_s", "eval/nelbo_per_token", "eval/ppl", "eval/ppl_bound",
+                "eval/bits_per_char", "eval/latent_information_per_sequence")
 
 
 def held_out_metrics(job, params, model_state, num_batches):

@@ -10,6 +10,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -147,9 +148,13 @@ def build_trainer(config, method, mesh):
                                {k: state[k] for k in new_state})
     return dict(new_state, step=state["step"] + 1), metrics
 
+  pad_id = getattr(method, "pad_id", None)  # only methods that accept padded data have one
+
   def eval_step(params, model_state, batch, key):
     per_sequence = method.nelbo(nnx.merge(graphdef, params, model_state), batch, key)
-    return {name: value.astype(jnp.float32).sum() for name, value in per_sequence.items()}
+    sums = {name: value.astype(jnp.float32).sum() for name, value in per_sequence.items()}
+    tokens = batch.size if pad_id is None else jnp.sum(batch != pad_id)
+    return dict(sums, tokens=jnp.asarray(tokens, jnp.int32))
 
   batch_sh = sharding.batch_sharding(mesh)
   rep = sharding.replicated(mesh)
@@ -175,7 +180,7 @@ def evaluate_nelbo(trainer, params, model_state, batches, seed, t_samples=1):
   """Sum of per-sequence NELBO over held-out batches (each with t_samples draws of t).
 
   Returns a dict of float64 totals keyed like the method's nelbo output, plus
-  `sequences` and `tokens`.
+  `sequences` and `tokens` (padding excluded).
   """
   totals, sequences, tokens = {}, 0, 0
   key = jax.random.key(seed)
@@ -183,8 +188,9 @@ def evaluate_nelbo(trainer, params, model_state, batches, seed, t_samples=1):
     batch = sharding.global_batch(local_batch, trainer.mesh)
     for j in range(t_samples):
       sums = trainer.eval_step(params, model_state, batch, jax.random.fold_in(key, i * t_samples + j))
+      batch_tokens = int(sums.pop("tokens"))  # padding is not counted
       for name, value in sums.items():
         totals[name] = totals.get(name, 0.0) + float(value) / t_samples
     sequences += batch.shape[0]
-    tokens += batch.size
+    tokens += batch_tokens
   return dict(totals, sequences=sequences, tokens=tokens)

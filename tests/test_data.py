@@ -21,7 +21,7 @@ EVAL_PLAYS = ("hamlet", "the-tempest", "twelfth-night")
 
 def data_cfg(**overrides) -> ml_collections.ConfigDict:
   cfg = ml_collections.ConfigDict(dict(
-      source="shakespeare", tokenizer="char", bpe_vocab_size=2048, seq_len=256,
+      source="shakespeare", tokenizer="char", tokenizer_path="", bpe_vocab_size=2048, seq_len=256,
       batch_size=64, eval_batch_size=64, shuffle_seed=0, num_workers=0, path="",
       eval_path="", vocab_size=0, tfds_name="", tfds_data_dir="",
       tfds_train_split="train", tfds_eval_split="validation", tfds_text_key="text",

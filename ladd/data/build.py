@@ -9,14 +9,15 @@ from ladd.data import binsaw, sudoku, toys
 from ladd.data.dataset import Dataset
 from ladd.data.errors import DataError
 from ladd.data.seeded import SeededSource
-from ladd.data.pretokenized import array_record_windows, npy_windows
+from ladd.data.prepare import read_manifest
+from ladd.data.pretokenized import TokenRecords, array_record_windows, npy_windows
 from ladd.data.shakespeare import load_shakespeare
 from ladd.data.streams import TokenWindows, held_out_count
 from ladd.data.text import (SPLITS, InMemoryCorpus, TextCorpus, chars_per_token,
                             read_text_path, split_off_tail, tokenise_corpus)
 from ladd.data.tfds_text import TfdsCorpus, open_tfds_split
+from ladd.data.tokenizers import KINDS as TOKENIZERS, load_tokenizer
 
-TOKENIZERS = ("char", "bpe")
 
 
 def _binsaw(cfg, workdir: Path | None) -> Dataset:
@@ -57,8 +58,8 @@ def _sudoku(cfg, workdir: Path | None) -> Dataset:
 
 
 def _text_dataset(cfg, workdir: Path | None, corpus: TextCorpus) -> Dataset:
-  tokenizer, token_streams = tokenise_corpus(cfg.tokenizer, cfg.bpe_vocab_size, workdir,
-                                             corpus)
+  tokenizer, token_streams = tokenise_corpus(cfg.tokenizer, cfg.tokenizer_path,
+                                             cfg.bpe_vocab_size, workdir, corpus)
   windows = {split: TokenWindows(token_streams[split], cfg.seq_len) for split in SPLITS}
   _check_not_empty(len(windows["train"]), len(windows["eval"]), cfg.seq_len)
   character_level = tokenizer.kind == "char"
@@ -117,6 +118,41 @@ def _npy(cfg, workdir: Path | None) -> Dataset:
       cfg, lambda path: npy_windows(path, cfg.seq_len, cfg.vocab_size))
 
 
+def _prepared(cfg, workdir: Path | None) -> Dataset:
+  """Shards written by `python -m ladd.prepare --output=DIR` (data.path=DIR): no
+  tokenising, the manifest says what the ids mean."""
+  del workdir  # the tokenizer lives beside the shards
+  manifest = read_manifest(cfg.path)
+  tokenizer_kind = manifest["tokenizer"]["kind"]
+  if cfg.tokenizer != tokenizer_kind:
+    raise DataError(f"{cfg.path} holds {tokenizer_kind!r} tokens but data.tokenizer="
+                    f"{cfg.tokenizer!r}; set data.tokenizer={tokenizer_kind!r}")
+  if cfg.seq_len != manifest["seq_len"]:
+    raise DataError(f"{cfg.path} holds sequences of {manifest['seq_len']} tokens but"
+                    f" data.seq_len={cfg.seq_len}; make them agree")
+  vocab_size = manifest["vocab_size"]
+  if cfg.vocab_size and cfg.vocab_size != vocab_size:
+    raise DataError(f"{cfg.path} holds {vocab_size} token ids but data.vocab_size="
+                    f"{cfg.vocab_size}; set it to {vocab_size} or 0")
+  splits = {split: TokenRecords(grain.sources.ArrayRecordDataSource(
+      [str(Path(cfg.path) / f) for f in manifest["splits"][split]["files"]]), cfg.seq_len, vocab_size)
+      for split in SPLITS}
+  for split in SPLITS:
+    if len(splits[split]) != manifest["splits"][split]["sequences"]:
+      raise DataError(f"the {split} shards in {cfg.path} hold {len(splits[split])} sequences,"
+                      f" the manifest {manifest['splits'][split]['sequences']}; prepare again")
+  _check_not_empty(len(splits["train"]), len(splits["eval"]), cfg.seq_len)
+  held_out = manifest["splits"]["eval"]
+  return Dataset(
+      vocab_size=vocab_size, seq_len=cfg.seq_len,
+      train_examples=grain.MapDataset.source(splits["train"]),
+      eval_examples=grain.MapDataset.source(splits["eval"]),
+      shuffle_seed=cfg.shuffle_seed, num_workers=cfg.num_workers,
+      tokenizer=load_tokenizer(Path(cfg.path) / manifest["tokenizer"]["file"]),
+      chars_per_token=held_out["characters"] / held_out["encoded_tokens"],
+      mask_symbol="[MASK]", pad_id=manifest["pad_id"])
+
+
 def _array_record(cfg, workdir: Path | None) -> Dataset:
   del workdir  # already tokenised, nothing to cache
   return _pretokenized_dataset(
@@ -125,7 +161,7 @@ def _array_record(cfg, workdir: Path | None) -> Dataset:
 
 _BUILDERS = {
     "shakespeare": _shakespeare, "binsaw": _binsaw, "sudoku": _sudoku, "text": _text, "npy": _npy,
-    "array_record": _array_record, "tfds": _tfds,
+    "array_record": _array_record, "tfds": _tfds, "prepared": _prepared,
     **{name: toys.toy_dataset for name in toys.TOYS},
 }
 
@@ -135,7 +171,8 @@ def _check_config(cfg) -> None:
     raise DataError(f"unknown data.source {cfg.source!r}; use one of"
                     f" {', '.join(_BUILDERS)}")
   if cfg.source in ("shakespeare", "text", "tfds") and cfg.tokenizer not in TOKENIZERS:
-    raise DataError(f"unknown data.tokenizer {cfg.tokenizer!r}; use 'char' or 'bpe'")
+    raise DataError(f"unknown data.tokenizer {cfg.tokenizer!r}; use one of"
+                    f" {', '.join(TOKENIZERS)}")
   for key in ("seq_len", "batch_size", "eval_batch_size"):
     if cfg[key] < 1:
       raise DataError(f"data.{key} must be at least 1, got {cfg[key]}")

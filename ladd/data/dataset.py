@@ -40,6 +40,7 @@ class Dataset:
   exact: ExactDistribution | None = None  # the true distribution, where it is known
   mask_symbol: str = "[MASK]"
   id_separator: str = " "  # joins ids when there is no tokenizer
+  pad_id: int | None = None  # per-document padded data: this id is padding, never counted
 
   def decode(self, ids: np.ndarray) -> str:
     """Text of a 1-D id sequence; ids >= vocab_size (MASK) print as mask_symbol."""

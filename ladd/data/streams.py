@@ -66,3 +66,27 @@ def write_token_stream(path: Path, chunks: Iterable[np.ndarray]) -> None:
     if f.tell() != data_start:
       raise RuntimeError(f"npy header changed size while writing {path}")
   os.replace(tmp, path)
+
+
+def pack_documents(documents: list[np.ndarray], seq_len: int,
+                   eos_id: int) -> tuple[np.ndarray, int]:
+  """Concatenate and wrap (OpenWebText style): every document followed by EOS, the
+  stream cut into rows of seq_len. Returns (int32 [n, seq_len], tokens dropped from the
+  tail that fills no row)."""
+  stream = np.concatenate([np.zeros(0, np.int32)] + [
+      piece for doc in documents for piece in (doc, np.array([eos_id], np.int32))])
+  rows = len(stream) // seq_len
+  return stream[:rows * seq_len].reshape(rows, seq_len).astype(np.int32), len(stream) - rows * seq_len
+
+
+def pad_documents(documents: list[np.ndarray], seq_len: int, eos_id: int,
+                  pad_id: int) -> tuple[np.ndarray, int]:
+  """One row per document (LM1B style): the document and EOS, cut to seq_len, then
+  pad_id. Returns (int32 [len(documents), seq_len], tokens cut off long documents)."""
+  rows = np.full((len(documents), seq_len), pad_id, np.int32)
+  dropped = 0
+  for row, doc in zip(rows, documents):
+    ids = np.append(doc, eos_id)[:seq_len]
+    row[:len(ids)] = ids
+    dropped += len(doc) + 1 - len(ids)
+  return rows, dropped

@@ -1,7 +1,8 @@
 """Text corpora to a tokenizer and train/eval token streams, cached in the work dir.
 
 Files in the work directory:
-  tokenizer.json    trained on the first run, loaded on every later one;
+  tokenizer.json    trained (or built / loaded from data.tokenizer_path) on the
+                    first run, loaded on every later one;
   tokens_train.npy  the tokenised splits; reused only together with the saved
   tokens_eval.npy   tokenizer they were made with, recomputed when missing.
 A work directory therefore belongs to one data configuration: change the data
@@ -17,7 +18,7 @@ import numpy as np
 
 from ladd.data import streams
 from ladd.data.errors import DataError
-from ladd.data.tokenizers import Tokenizer, load_tokenizer, train_tokenizer
+from ladd.data.tokenizers import Tokenizer, load_tokenizer, make_tokenizer
 
 TOKENIZER_FILE = "tokenizer.json"
 SPLITS = ("train", "eval")
@@ -66,8 +67,8 @@ def split_off_tail(text: str) -> tuple[str, str]:
   return text[:cut], text[cut:]
 
 
-def _load_or_train_tokenizer(kind: str, bpe_vocab_size: int, workdir: Path | None,
-                             corpus: TextCorpus) -> tuple[Tokenizer, bool]:
+def _load_or_train_tokenizer(kind: str, tokenizer_path: str, bpe_vocab_size: int,
+                             workdir: Path | None, corpus: TextCorpus) -> tuple[Tokenizer, bool]:
   """The tokenizer, and whether it came from the work directory."""
   path = workdir / TOKENIZER_FILE if workdir else None
   if path and path.exists():
@@ -77,7 +78,7 @@ def _load_or_train_tokenizer(kind: str, bpe_vocab_size: int, workdir: Path | Non
                       f"{kind!r}; use a fresh workdir or set data.tokenizer="
                       f"{tokenizer.kind!r}")
     return tokenizer, True
-  tokenizer = train_tokenizer(kind, corpus.tokenizer_text(), bpe_vocab_size)
+  tokenizer = make_tokenizer(kind, tokenizer_path, bpe_vocab_size, corpus.tokenizer_text)
   if path:
     tokenizer.save(path)
   return tokenizer, False
@@ -101,10 +102,11 @@ def _token_stream(tokenizer: Tokenizer, corpus: TextCorpus, split: str,
   return np.load(path, mmap_mode="r")
 
 
-def tokenise_corpus(kind: str, bpe_vocab_size: int, workdir: Path | None,
+def tokenise_corpus(kind: str, tokenizer_path: str, bpe_vocab_size: int, workdir: Path | None,
                     corpus: TextCorpus) -> tuple[Tokenizer, dict[str, np.ndarray]]:
   """The tokenizer and each split's token stream, from the cache when possible."""
-  tokenizer, loaded = _load_or_train_tokenizer(kind, bpe_vocab_size, workdir, corpus)
+  tokenizer, loaded = _load_or_train_tokenizer(kind, tokenizer_path, bpe_vocab_size, workdir,
+                                               corpus)
   token_streams = {split: _token_stream(tokenizer, corpus, split, workdir, loaded)
                    for split in SPLITS}
   return tokenizer, token_streams

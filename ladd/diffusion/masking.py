@@ -17,9 +17,15 @@ def stratified_times(key, batch_size, eps):
   return t * (1.0 - eps) + eps
 
 
-def mask_tokens(key, x0, alpha_t, mask_id):
-  """Keeps each token independently with probability alpha_t [B], else writes MASK."""
+def mask_tokens(key, x0, alpha_t, mask_id, maskable=None):
+  """Keeps each token independently with probability alpha_t [B], else writes MASK.
+
+  `maskable` (bool [B, L], optional) marks the positions that may be masked; the rest
+  (padding) always stay clean, so they are never predicted nor counted in a NELBO.
+  """
   keep = jax.random.uniform(key, x0.shape, dtype=jnp.float32) < alpha_t[:, None]
+  if maskable is not None:
+    keep = keep | ~maskable
   return jnp.where(keep, x0, mask_id)
 
 
@@ -36,8 +42,8 @@ def subs_log_probs(logits, x_t, vocab_size, mask_id):
   return jnp.where((x_t == mask_id)[..., None], log_probs, carry_over)
 
 
-def masked_token_nll(logits, x0, x_t, vocab_size, mask_id):
-  """-log p(x0^i | x_t) at masked positions, 0 elsewhere; float32 [B, L].
+def token_nll(logits, x0, vocab_size):
+  """-log softmax(logits)[x0] over the real ids < vocab_size at every position; float32 [B, L].
 
   Uses logsumexp minus the target logit rather than a full log-softmax, so no second
   [B, L, Vp] array is materialised on the training path.
@@ -46,8 +52,12 @@ def masked_token_nll(logits, x0, x_t, vocab_size, mask_id):
   valid = jnp.arange(logits.shape[-1]) < vocab_size
   logits = jnp.where(valid, logits, NEG_INF)
   target = jnp.take_along_axis(logits, x0[..., None], axis=-1)[..., 0]
-  nll = jax.nn.logsumexp(logits, axis=-1) - target
-  return jnp.where(x_t == mask_id, nll, 0.0)
+  return jax.nn.logsumexp(logits, axis=-1) - target
+
+
+def masked_token_nll(logits, x0, x_t, vocab_size, mask_id):
+  """-log p(x0^i | x_t) at masked positions, 0 elsewhere; float32 [B, L]."""
+  return jnp.where(x_t == mask_id, token_nll(logits, x0, vocab_size), 0.0)
 
 
 def nelbo_per_sequence(token_nll, t, schedule):

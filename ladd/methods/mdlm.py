@@ -10,11 +10,17 @@ from ladd.models.dit import DiT, DiTConfig, train_flops_per_token
 TRAIN_LOSSES = ("nelbo", "masked_ce")
 
 
+def counted_tokens(x0, pad_id):
+  """bool [B, L]: the positions a likelihood counts (all but padding)."""
+  return jnp.ones(x0.shape, jnp.bool_) if pad_id is None else x0 != pad_id
+
+
 class MaskedDiffusion:
   name = "mdlm"
   has_nstep_bound = True  # nstep_nelbo() bounds -log p(x0) under the N-step sampler
 
-  def __init__(self, config, vocab_size):
+  def __init__(self, config, vocab_size, pad_id=None):
+    self.pad_id = pad_id  # padding (data.packing="pad" shards): never masked nor counted
     self.model_cfg = DiTConfig(vocab_size=vocab_size, seq_len=config.data.seq_len, **config.model)
     d = config.diffusion
     self.schedule = Schedule(kind=d.schedule, eps=d.eps, power=d.power)
@@ -60,7 +66,8 @@ class MaskedDiffusion:
   def _token_nll(self, model, x0, key):
     t_key, mask_key = jax.random.split(key)
     t = masking.stratified_times(t_key, x0.shape[0], self.schedule.eps)
-    x_t = masking.mask_tokens(mask_key, x0, self.schedule.alpha(t), self.mask_id)
+    x_t = masking.mask_tokens(mask_key, x0, self.schedule.alpha(t), self.mask_id,
+                              counted_tokens(x0, self.pad_id))
     logits = model(x_t, t)
     return masking.masked_token_nll(logits, x0, x_t, self.vocab_size, self.mask_id), x_t, t
 
@@ -90,7 +97,7 @@ class MaskedDiffusion:
     del step  # the MDLM objective does not change during training
     token_nll, x_t, t = self._token_nll(model, x0, key)
     nelbo = masking.nelbo_per_sequence(token_nll, t, self.schedule)
-    num_tokens = x0.size
+    num_tokens = counted_tokens(x0, self.pad_id).sum()
     nelbo_per_token = nelbo.sum() / num_tokens
     if self.train_loss == "nelbo":
       loss = nelbo_per_token

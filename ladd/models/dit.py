@@ -3,6 +3,7 @@
 to the token embedding. RoPE alone cannot tell positions apart when every input is MASK:
 all values are equal, so every output is too, and a one-step sample has one marginal at
 every position. `position_embedding="none"` is MDLM's RoPE-only DiT, parameter for parameter.
+With `causal=True` attention is causal (the autoregressive method).
 
 Every parameter carries logical axis names (`embed`, `mlp`, `heads`, `vocab`, `cond`, `position`);
 ladd.sharding maps them onto the mesh. The pieces (`Attention`, `Mlp`, `Modulation`,
@@ -43,6 +44,7 @@ class DiTConfig:
   attention_impl: str = "xla"  # "xla" or "cudnn" (jax.nn.dot_product_attention)
   vocab_pad_multiple: int = 128  # embedding rows rounded up so the vocab axis shards
   position_embedding: str = "learned"  # "learned" (absolute, added to the input) | "none" (RoPE only)
+  causal: bool = False  # position i attends to positions <= i only (the autoregressive method)
 
   def __post_init__(self):
     if self.d_model % self.n_heads:
@@ -176,14 +178,16 @@ class Attention(nnx.Module):
     return apply_rope(q, positions), apply_rope(k, positions), v
 
 
-def attend(q, k, v, implementation):
-  out = jax.nn.dot_product_attention(q, k, v, implementation=None if implementation == "xla" else implementation)
+def attend(q, k, v, implementation, causal=False):
+  out = jax.nn.dot_product_attention(q, k, v, is_causal=causal,
+                                     implementation=None if implementation == "xla" else implementation)
   return out.reshape(out.shape[:2] + (-1,))
 
 
 class Block(nnx.Module):
   def __init__(self, cfg, rngs):
     self.attention_impl = cfg.attention_impl
+    self.causal = cfg.causal
     self.modulation = Modulation(cfg, 6, rngs)
     self.attn = Attention(cfg, rngs)
     self.mlp = Mlp(cfg, rngs)
@@ -191,7 +195,7 @@ class Block(nnx.Module):
   def __call__(self, x, cond, positions):
     shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(cond)
     q, k, v = self.attn.project(modulate(layer_norm(x), shift1, scale1), positions)
-    x = x + gate1[:, None, :] * self.attn.out(attend(q, k, v, self.attention_impl))
+    x = x + gate1[:, None, :] * self.attn.out(attend(q, k, v, self.attention_impl, self.causal))
     x = x + gate2[:, None, :] * self.mlp(modulate(layer_norm(x), shift2, scale2))
     return x
 
