@@ -58,6 +58,16 @@ def host_tree(tree):
   return jax.tree.map(lambda x: np.asarray(jax.device_get(x)), tree)
 
 
+def one_device_job(config):
+  """The in-memory job of `config` on one device (the shortest compiles; the sharded
+  trainer itself is tested in test_training.py)."""
+  config.mesh.update(data=1)
+  mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
+  dataset = build_dataset(config.data, None)
+  method = build_method(config, dataset.vocab_size)
+  return Job(config, dataset, method, mesh, build_trainer(config, method, mesh))
+
+
 def position_marginals(tokens, vocab):
   """Per-position symbol frequencies [L, V] of tokens [n, L]."""
   return np.stack([np.bincount(column, minlength=vocab) / len(column) for column in np.asarray(tokens).T])
@@ -75,16 +85,13 @@ def one_step_marginals_on_product(method, position_embedding, steps=300, num_sam
   config.data.update(batch_size=64)
   config.model.update(position_embedding=position_embedding)
   config.optim.update(lr=1e-2, warmup_steps=10)
-  config.mesh.update(data=1)
-  mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
-  dataset = build_dataset(config.data, None)
-  method = build_method(config, dataset.vocab_size)
-  job = Job(config, dataset, method, mesh, build_trainer(config, method, mesh))
+  job = one_device_job(config)
+  dataset = job.dataset
   state = job.trainer.init()
   _, exact = toys.toy_task(config.data)  # the source's own generator: the pipeline is tested elsewhere
   rng = np.random.default_rng(0)
   for _ in range(steps):
-    state, _ = job.trainer.train_step(state, sharding.global_batch(exact.sample(rng, config.data.batch_size), mesh))
+    state, _ = job.trainer.train_step(state, sharding.global_batch(exact.sample(rng, config.data.batch_size), job.mesh))
   tokens, _ = sample(job, state["params"], state["model_state"], SamplerSettings(steps=1), num_samples, num_samples, 0)
   probs = dataset.exact.probs
   truth = np.stack([probs.sum(tuple(a for a in range(probs.ndim) if a != i)) for i in range(probs.ndim)])

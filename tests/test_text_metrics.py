@@ -7,7 +7,6 @@ import subprocess
 import numpy as np
 import pytest
 
-from configs import shakespeare
 from ladd.data.shakespeare import load_shakespeare
 from ladd.data.zero_shot import zero_shot_dataset
 from ladd.evaluate import evaluate

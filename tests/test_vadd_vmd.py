@@ -11,15 +11,13 @@ from flax import nnx
 
 from configs import toys as toy_configs
 from ladd import sharding
-from ladd.data import build_dataset
 from ladd.diffusion import gaussian_latent, masking
 from ladd.diffusion.sampling import SamplerSettings
 from ladd.evaluate import evaluate, exact_sample_metrics
-from ladd.job import Job
 from ladd.methods import build_method
 from ladd.methods.vmd import argmax_log_probs
 from ladd.trainer import build_trainer
-from tests.helpers import assert_one_step_marginals_match_the_product
+from tests.helpers import assert_one_step_marginals_match_the_product, one_device_job
 
 
 def test_diagonal_gaussian_kl_matches_closed_form_and_monte_carlo():
@@ -135,15 +133,11 @@ def trained(request):
   """A few real train steps on the tiny checkerboard, on one device (the sharded trainer
   itself is tested in test_training.py; one device keeps compilation short)."""
   config = toy_configs.get_config(f"{request.param},checkerboard,tiny")
-  config.mesh.update(data=1)
-  mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
-  dataset = build_dataset(config.data, None)
-  method = build_method(config, dataset.vocab_size)
-  job = Job(config, dataset, method, mesh, build_trainer(config, method, mesh))
+  job = one_device_job(config)
   state = job.trainer.init()
-  batches = dataset.train_iterator(0, 1, config.data.batch_size)
+  batches = job.dataset.train_iterator(0, 1, config.data.batch_size)
   for _ in range(config.train.steps):
-    state, metrics = job.trainer.train_step(state, sharding.global_batch(next(batches), mesh))
+    state, metrics = job.trainer.train_step(state, sharding.global_batch(next(batches), job.mesh))
   assert np.isfinite(float(metrics["loss"]))
   return request.param, job, state["ema"], state["model_state"]
 
