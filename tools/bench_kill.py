@@ -101,8 +101,13 @@ def final_state(workdir, step):
   import jax
   import orbax.checkpoint as ocp
   path = os.path.join(workdir, "checkpoints")
+  as_numpy = {}  # host arrays: a two-process checkpoint names devices this process does not have
+  for item in ("state", "ema"):
+    with ocp.PyTreeCheckpointer() as reader:
+      metadata = reader.metadata(os.path.join(path, str(step), item)).item_metadata
+    as_numpy[item] = ocp.args.PyTreeRestore(restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata))
   with ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(read_only=True)) as mgr:
-    restored = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(), ema=ocp.args.StandardRestore()))
+    restored = mgr.restore(step, args=ocp.args.Composite(**as_numpy))
   data = {}
   for name in sorted(glob.glob(os.path.join(path, str(step), "data", "process_*.json"))):
     with open(name) as f:
