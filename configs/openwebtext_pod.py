@@ -5,7 +5,7 @@ Prepare the dataset once on a machine with network access
   python -m ladd.train --config=configs/openwebtext_pod.py --workdir=/mnt/shared/runs/owt \
       --distributed
 Variants: default (v5p-128: fsdp over all chips), `:v5e` (data x fsdp on 16x16),
-`:1b` (2048 x 20 layers, 1.2B parameters), `:8b` (4096 x 36 layers, 7.7B parameters, scanned).
+`:1b` (2048 x 20 layers, 1.25B parameters), `:8b` (4096 x 36 layers, 7.78B parameters, scanned).
 `python -m ladd.compile --config=configs/openwebtext_pod.py:1b --topology=v5p:4x4x8` reports
 whether a variant fits a slice (README "Memory per chip").
 """
