@@ -4,7 +4,7 @@ on every host:
   python -m ladd.train --config=configs/openwebtext_pod.py --workdir=/mnt/shared/runs/owt \\
       --config.data.path=/mnt/shared/owt_gpt2 --distributed
 Variants: default (v5p-128: fsdp over all chips), `:v5e` (data x fsdp on 16x16),
-`:1b` (2048 x 20 layers, 1.2B parameters), `:8b` (4096 x 36 layers, 7.7B parameters, scanned).
+`:1b` (2048 x 20 layers, 1.25B parameters), `:8b` (4096 x 36 layers, 7.78B parameters, scanned).
 `python -m ladd.compile --config=configs/openwebtext_pod.py:1b --topology=v5p:4x4x8` reports
 whether a variant fits a slice (README "Memory per chip").
 """
