@@ -13,5 +13,34 @@ os.environ["XLA_FLAGS"] = " ".join(
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update("jax_threefry_partitionable", True)
+
+
+@pytest.fixture(scope="session")  # one registration of the builder per process (tfds refuses a second)
+def tiny_tfds(tmp_path_factory):
+  tfds = pytest.importorskip("tensorflow_datasets")
+
+  class LaddTinyText(tfds.core.GeneratorBasedBuilder):
+    # Preparing a builder that lives in a package makes tfds import
+    # importlib_resources, which it does not install on Python >= 3.9; a top-level
+    # module name avoids that. (Reading prepared data never needs it.)
+    __module__ = "ladd_tiny_text"
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+      return tfds.core.DatasetInfo(
+          builder=self, features=tfds.features.FeaturesDict({"text": tfds.features.Text()}))
+
+    def _split_generators(self, dl_manager):
+      return {"train": self._generate_examples(0, 60),
+              "validation": self._generate_examples(100, 20)}
+
+    def _generate_examples(self, first, count):
+      for i in range(first, first + count):
+        yield i, {"text": f"Record {i}: the rain in Spain falls mainly."}
+
+  data_dir = tmp_path_factory.mktemp("tfds")
+  LaddTinyText(data_dir=str(data_dir), file_format="array_record").download_and_prepare()
+  return tfds, str(data_dir)

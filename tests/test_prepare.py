@@ -17,7 +17,6 @@ from ladd.diffusion.masking import mask_tokens
 from ladd.evaluate import evaluate
 from ladd.job import build_job
 from tests.helpers import ROOT, entry_point, subprocess_env
-from tests.test_data import tiny_tfds  # noqa: F401  (a module-scoped fixture)
 
 
 def write_corpus(directory, documents=23):
@@ -97,7 +96,7 @@ def prepared_config(directory, method):
   return c
 
 
-def test_padded_gpt2_shards_from_tfds_train_and_never_count_padding(tiny_tfds, tmp_path):  # noqa: F811
+def test_padded_gpt2_shards_from_tfds_train_and_never_count_padding(tiny_tfds, tmp_path):
   tfds, data_dir = tiny_tfds
   out = tmp_path / "prepared"
   plan = Plan(source="tfds:ladd_tiny_text", tfds_data_dir=data_dir, tokenizer="gpt2",
