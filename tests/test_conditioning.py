@@ -148,10 +148,13 @@ def test_vmd_resampled_z_agrees_with_the_clamped_tokens():
   model = SignOfZ(method.model_cfg.padded_vocab)
   clamped = np.array([0, FREE, FREE, FREE])
   runs = [SamplerSettings(steps=2, cache=False, latent_init=init) for init in ("prior", "resample")]
+  # one candidate leaves nothing to choose: z is a prior draw again, for one extra call
+  runs.append(SamplerSettings(steps=2, cache=False, latent_init="resample", latent_candidates=1))
   fn = jax.jit(lambda key: [method.sample(model, key, 2000, s, clamped) for s in runs])
-  (prior, prior_info), (resampled, resampled_info) = fn(jax.random.key(0))
-  prior_zero, resampled_zero = (float(np.mean(np.asarray(x)[:, 1:] == 0)) for x in (prior, resampled))
-  assert 0.43 < prior_zero < 0.53 and 0.82 < resampled_zero < 0.92
+  (prior, prior_info), (resampled, resampled_info), (single, single_info) = fn(jax.random.key(0))
+  prior_zero, resampled_zero, single_zero = (float(np.mean(np.asarray(x)[:, 1:] == 0)) for x in (prior, resampled, single))
+  assert 0.43 < prior_zero < 0.53 and 0.82 < resampled_zero < 0.92 and 0.43 < single_zero < 0.53
+  assert int(single_info["nfe"]) == 3 + 1
   assert (np.asarray(resampled)[:, 0] == 0).all()
   assert int(resampled_info["nfe"]) == int(prior_info["nfe"]) + 16 == 3 + 16
   assert method.sampler_used(runs[1])["latent_candidates"] == 16
