@@ -6,6 +6,8 @@ Restores always go through an abstract target carrying NamedShardings on the *cu
 mesh, so a checkpoint written on a pod loads on one CPU and vice versa.
 """
 
+import asyncio
+import contextlib
 import json
 import os
 import time
@@ -102,7 +104,8 @@ def restore_newest_readable(mgr, restore, move_unreadable=False):
   skipped = []
   for step in steps:
     try:
-      result, problem = restore(step), None
+      with _settled_reads():
+        result, problem = restore(step), None
     except UnreadableCheckpoint as e:
       result, problem = None, e
     if _all_processes_ok(problem is None):
@@ -111,6 +114,34 @@ def restore_newest_readable(mgr, restore, move_unreadable=False):
     skipped.append((step, problem or "unreadable on another process"))
   raise CheckpointError(f"no readable checkpoint in {mgr.directory}: every step ({', '.join(map(str, steps))}) is "
                         f"damaged ({skipped[0][1]}); nothing was deleted")
+
+
+class _SettlingEventLoop(asyncio.SelectorEventLoop):
+  """Orbax runs each restore in a fresh event loop and closes it as soon as one array read
+  fails. The other reads of that step are still in flight; finishing later on TensorStore's
+  threads, they print tracebacks about a closed loop after ladd's one error line. This loop
+  lets them finish (their errors are the same damage) before it closes."""
+
+  def close(self):
+    pending = [task for task in asyncio.all_tasks(self) if not task.done()]
+    if pending and not self.is_running() and not self.is_closed():
+      self.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+    super().close()
+
+
+class _SettlingPolicy(asyncio.DefaultEventLoopPolicy):
+  def new_event_loop(self):
+    return _SettlingEventLoop()
+
+
+@contextlib.contextmanager
+def _settled_reads():
+  previous = asyncio.get_event_loop_policy()
+  asyncio.set_event_loop_policy(_SettlingPolicy())
+  try:
+    yield
+  finally:
+    asyncio.set_event_loop_policy(previous)
 
 
 def _report_skipped(mgr, skipped, move):
