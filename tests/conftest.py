@@ -2,15 +2,24 @@
 
 Tests are dominated by XLA compilation of tiny programs, which LLVM's backend
 optimisations roughly double; the tests compare results computed under the same flags.
+The entry points the tests start as subprocesses compile the same few programs again and
+again, so the session shares one JAX persistent compilation cache (fresh each session, so
+nothing carries over between runs of the suite).
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 
 from tests.helpers import TEST_XLA_FLAGS
 
 os.environ["XLA_FLAGS"] = " ".join(
     [os.environ.get("XLA_FLAGS", ""), TEST_XLA_FLAGS, "--xla_force_host_platform_device_count=8"]).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+_compilation_cache = tempfile.mkdtemp(prefix="ladd_tests_xla_cache_")
+atexit.register(shutil.rmtree, _compilation_cache, ignore_errors=True)
+os.environ.update(JAX_COMPILATION_CACHE_DIR=_compilation_cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
