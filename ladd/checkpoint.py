@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import time
 
 import grain
@@ -177,16 +178,47 @@ def _abstract(tree, shardings):
 
 
 def restore_train(mgr, step, trainer, data_iterator):
-  """Restores state and EMA onto trainer's mesh and the data iterator in place."""
+  """Restores state and EMA onto trainer's mesh and the data iterator in place, whatever
+  the number of processes that saved them."""
+  position = saved_data_position(mgr.directory / str(step) / "data", step)
   target = _train_target(trainer)
   ema_target = _inference_target(trainer)
   try:
     restored = mgr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target), ema=ocp.args.StandardRestore(ema_target),
-        data=grain.checkpoint.CheckpointRestore(data_iterator)))
+        state=ocp.args.StandardRestore(target), ema=ocp.args.StandardRestore(ema_target)))
+    data_iterator.set_state(position)
   except Exception as e:
     raise UnreadableCheckpoint(f"cannot restore checkpoint step {step} from {mgr.directory}: {_first_line(e)}") from e
   return dict(restored["state"], ema=restored["ema"]["params"])
+
+
+_DATA_FILE = re.compile(r"process_(\d+)-of-(\d+)\.json")  # grain's name for one process's iterator state
+
+
+def saved_data_position(data_dir, step):
+  """The train iterator state that every process of any number of processes resumes from.
+
+  Grain saves one state per process. Process p of n reads local batch k of every
+  process-count-free global batch k (Dataset.train_iterator), so after k global batches
+  every process's state is the same and is no function of p or n: any process's state
+  continues the same sequence of global batches on any number of processes. The same
+  number of processes takes its own states; states that differ cannot be mapped onto
+  another number, and that resume is refused.
+  """
+  try:
+    files = {(int(m[2]), int(m[1])): m[0] for m in map(_DATA_FILE.fullmatch, (f.name for f in data_dir.iterdir())) if m}
+    saved_processes = max(files, default=(0, 0))[0]
+    if not files or sorted(files) != [(saved_processes, i) for i in range(saved_processes)]:
+      raise ValueError(f"it holds {', '.join(sorted(files.values())) or 'no iterator state'}, not one state per process")
+    states = [json.loads((data_dir / files[saved_processes, i]).read_text()) for i in range(saved_processes)]
+  except Exception as e:
+    raise UnreadableCheckpoint(f"cannot read the data position of checkpoint step {step} in {data_dir}: {_first_line(e)}") from e
+  if saved_processes == jax.process_count():
+    return states[jax.process_index()]
+  if any(state != states[0] for state in states):
+    raise CheckpointError(f"checkpoint step {step} was saved by {saved_processes} processes at different data positions,"
+                          f" which {jax.process_count()} process(es) cannot continue; resume it with {saved_processes} processes")
+  return states[0]
 
 
 def _inference_tree(state):
