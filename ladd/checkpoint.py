@@ -1,6 +1,6 @@
 """Orbax checkpoints: items `state` (step, params, model_state, optimiser), `ema` (EMA
 parameters with model_state: all that sampling and evaluation read),
-`data` (the grain iterator) and `config` (JSON), in `<workdir>/checkpoints/<step>`.
+`data` (the grain iterator; it resumes on any number of processes) and `config` (JSON), in `<workdir>/checkpoints/<step>`.
 
 Restores always go through an abstract target carrying NamedShardings on the *current*
 mesh, so a checkpoint written on a pod loads on one CPU and vice versa.
