@@ -1,6 +1,7 @@
 """Orbax checkpoints: items `state` (step, params, model_state, optimiser), `ema` (EMA
-parameters with model_state: all that sampling and evaluation read),
-`data` (the grain iterator; it resumes on any number of processes) and `config` (JSON), in `<workdir>/checkpoints/<step>`.
+parameters with model_state: all that sampling and evaluation read), `data` (the grain
+iterator, one state per process; it resumes on any number of processes) and `config`
+(JSON), in `<workdir>/checkpoints/<step>`.
 
 Restores always go through an abstract target carrying NamedShardings on the *current*
 mesh, so a checkpoint written on a pod loads on one CPU and vice versa.
@@ -196,21 +197,23 @@ _DATA_FILE = re.compile(r"process_(\d+)-of-(\d+)\.json")  # grain's name for one
 
 
 def saved_data_position(data_dir, step):
-  """The train iterator state that every process of any number of processes resumes from.
+  """The train iterator state this process resumes from, whatever the number of
+  processes that saved it.
 
-  Grain saves one state per process. Process p of n reads local batch k of every
-  process-count-free global batch k (Dataset.train_iterator), so after k global batches
-  every process's state is the same and is no function of p or n: any process's state
-  continues the same sequence of global batches on any number of processes. The same
-  number of processes takes its own states; states that differ cannot be mapped onto
-  another number, and that resume is refused.
+  Grain saves one state per process. The global batch order does not depend on the
+  process count (Dataset.train_iterator: process p of n reads its rows of each global
+  batch), so after k global batches every process's state is the same and names no
+  process or count: any one of them continues the same global batches on any number
+  of processes. The same number of processes takes its own states; states that differ
+  cannot move to another number, and that resume is refused.
   """
   try:
-    files = {(int(m[2]), int(m[1])): m[0] for m in map(_DATA_FILE.fullmatch, (f.name for f in data_dir.iterdir())) if m}
-    saved_processes = max(files, default=(0, 0))[0]
-    if not files or sorted(files) != [(saved_processes, i) for i in range(saved_processes)]:
-      raise ValueError(f"it holds {', '.join(sorted(files.values())) or 'no iterator state'}, not one state per process")
-    states = [json.loads((data_dir / files[saved_processes, i]).read_text()) for i in range(saved_processes)]
+    found = sorted((int(m[2]), int(m[1])) for m in map(_DATA_FILE.fullmatch, (f.name for f in data_dir.iterdir())) if m)
+    saved_processes = found[-1][0] if found else 0
+    if not found or found != [(saved_processes, i) for i in range(saved_processes)]:
+      names = ", ".join(f"process_{i}-of-{n}.json" for n, i in found) or "no iterator state"
+      raise ValueError(f"it holds {names}, not one state per process")
+    states = [json.loads((data_dir / f"process_{i}-of-{saved_processes}.json").read_text()) for i in range(saved_processes)]
   except Exception as e:
     raise UnreadableCheckpoint(f"cannot read the data position of checkpoint step {step} in {data_dir}: {_first_line(e)}") from e
   if saved_processes == jax.process_count():

@@ -9,7 +9,7 @@ import subprocess
 import portpicker
 import pytest
 
-from tests.helpers import ROOT, entry_point, subprocess_env
+from tests.helpers import ROOT, entry_point, snapshot, subprocess_env
 
 TRAIN_ARGS = ["--config=configs/binsaw.py:tiny", "--config.train.log_every=1", "--config.train.eval_every=3",
               "--config.mesh.data=-1"]
@@ -70,3 +70,20 @@ def test_two_processes_match_one_and_resume_on_the_other_count(tmp_path):
   assert "resumed from step 3" in finish(launch(two, 8, 5))
   assert [r["step"] for r in logged(two)] == [1, 2, 3, 4, 5]
   assert_same_run(logged(two), records_one)
+
+  # Processes that saved different data positions (not a checkpoint ladd writes) cannot
+  # move to another count: one line, exit 2, the work directory untouched.
+  data = os.path.join(two, "checkpoints", "5", "data")
+  with open(os.path.join(data, "process_0-of-1.json")) as f:
+    state = json.load(f)
+  os.rename(os.path.join(data, "process_0-of-1.json"), os.path.join(data, "process_0-of-2.json"))
+  with open(os.path.join(data, "process_1-of-2.json"), "w") as f:
+    json.dump(dict(state, next_index=state["next_index"] - 1), f)
+  before = snapshot(two)
+  refused = subprocess.run(entry_point("ladd.train", f"--workdir={two}", *TRAIN_ARGS, "--config.train.steps=6"),
+                           cwd=ROOT, env=subprocess_env(8), capture_output=True, text=True, timeout=600)
+  assert refused.returncode == 2, refused.stderr[-3000:]
+  assert [line for line in refused.stderr.splitlines() if line.startswith("ladd.")] == [
+      "ladd.train: error: checkpoint step 5 was saved by 2 processes at different data positions, which 1 process(es)"
+      " cannot continue; resume it with 2 processes"]
+  assert snapshot(two) == before
