@@ -1,6 +1,7 @@
 """Orbax checkpoints: items `state` (step, params, model_state, optimiser), `ema` (EMA
-parameters with model_state: all that sampling and evaluation read),
-`data` (the grain iterator) and `config` (JSON), in `<workdir>/checkpoints/<step>`.
+parameters with model_state: all that sampling and evaluation read), `data` (the grain
+iterator, one state per process; it resumes on any number of processes) and `config`
+(JSON), in `<workdir>/checkpoints/<step>`.
 
 Restores always go through an abstract target carrying NamedShardings on the *current*
 mesh, so a checkpoint written on a pod loads on one CPU and vice versa.
@@ -10,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import time
 
 import grain
@@ -177,16 +179,49 @@ def _abstract(tree, shardings):
 
 
 def restore_train(mgr, step, trainer, data_iterator):
-  """Restores state and EMA onto trainer's mesh and the data iterator in place."""
+  """Restores state and EMA onto trainer's mesh and the data iterator in place, whatever
+  the number of processes that saved them."""
+  position = saved_data_position(mgr.directory / str(step) / "data", step)
   target = _train_target(trainer)
   ema_target = _inference_target(trainer)
   try:
     restored = mgr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target), ema=ocp.args.StandardRestore(ema_target),
-        data=grain.checkpoint.CheckpointRestore(data_iterator)))
+        state=ocp.args.StandardRestore(target), ema=ocp.args.StandardRestore(ema_target)))
+    data_iterator.set_state(position)
   except Exception as e:
     raise UnreadableCheckpoint(f"cannot restore checkpoint step {step} from {mgr.directory}: {_first_line(e)}") from e
   return dict(restored["state"], ema=restored["ema"]["params"])
+
+
+_DATA_FILE = re.compile(r"process_(\d+)-of-(\d+)\.json")  # grain's name for one process's iterator state
+
+
+def saved_data_position(data_dir, step):
+  """The train iterator state this process resumes from, whatever the number of
+  processes that saved it.
+
+  Grain saves one state per process. The global batch order does not depend on the
+  process count (Dataset.train_iterator: process p of n reads its rows of each global
+  batch), so after k global batches every process's state is the same and names no
+  process or count: any one of them continues the same global batches on any number
+  of processes. The same number of processes takes its own states; states that differ
+  cannot move to another number, and that resume is refused.
+  """
+  try:
+    found = sorted((int(m[2]), int(m[1])) for m in map(_DATA_FILE.fullmatch, (f.name for f in data_dir.iterdir())) if m)
+    saved_processes = found[-1][0] if found else 0
+    if not found or found != [(saved_processes, i) for i in range(saved_processes)]:
+      names = ", ".join(f"process_{i}-of-{n}.json" for n, i in found) or "no iterator state"
+      raise ValueError(f"it holds {names}, not one state per process")
+    states = [json.loads((data_dir / f"process_{i}-of-{saved_processes}.json").read_text()) for i in range(saved_processes)]
+  except Exception as e:
+    raise UnreadableCheckpoint(f"cannot read the data position of checkpoint step {step} in {data_dir}: {_first_line(e)}") from e
+  if saved_processes == jax.process_count():
+    return states[jax.process_index()]
+  if any(state != states[0] for state in states):
+    raise CheckpointError(f"checkpoint step {step} was saved by {saved_processes} processes at different data positions,"
+                          f" which {jax.process_count()} process(es) cannot continue; resume it with {saved_processes} processes")
+  return states[0]
 
 
 def _inference_tree(state):

@@ -1,5 +1,6 @@
 """Small shared builders for the tests."""
 
+import hashlib
 import os
 import sys
 
@@ -25,6 +26,17 @@ def subprocess_env(devices):
   """Environment for an entry point run as a child process with `devices` CPU devices."""
   return dict(os.environ, PYTHONPATH=ROOT,
               XLA_FLAGS=f"{TEST_XLA_FLAGS} --xla_force_host_platform_device_count={devices}")
+
+
+def snapshot(workdir):
+  """The sha256 of every file under workdir, by relative path: a job that must change
+  nothing leaves it equal."""
+  digest = {}
+  for dirpath, _, files in os.walk(workdir):
+    for f in files:
+      with open(os.path.join(dirpath, f), "rb") as fh:
+        digest[os.path.relpath(os.path.join(dirpath, f), workdir)] = hashlib.sha256(fh.read()).hexdigest()
+  return digest
 
 
 def entry_point(module, *args):

@@ -1,7 +1,6 @@
 """Entry points end to end, every shipped config, and bad input handled cleanly."""
 
 import glob
-import hashlib
 import importlib
 import json
 import os
@@ -14,7 +13,7 @@ from ladd import sharding
 from ladd.job import validate
 from ladd.methods import build_method
 from ladd.trainer import build_trainer
-from tests.helpers import ROOT, entry_point, subprocess_env
+from tests.helpers import ROOT, entry_point, snapshot, subprocess_env
 
 CONFIGS = [(os.path.basename(p)[:-3], v)
            for p in sorted(glob.glob(os.path.join(ROOT, "configs", "*.py"))) if not p.endswith("__init__.py")
@@ -34,15 +33,6 @@ def test_every_shipped_config_builds(name, variant):
 def run(module, *args, devices=1):
   return subprocess.run(entry_point(module, *args), cwd=ROOT, env=subprocess_env(devices),
                         capture_output=True, text=True, timeout=600)
-
-
-def snapshot(workdir):
-  digest = {}
-  for dirpath, _, files in os.walk(workdir):
-    for f in files:
-      with open(os.path.join(dirpath, f), "rb") as fh:
-        digest[os.path.relpath(os.path.join(dirpath, f), workdir)] = hashlib.sha256(fh.read()).hexdigest()
-  return digest
 
 
 @pytest.fixture(scope="module")

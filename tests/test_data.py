@@ -1,6 +1,7 @@
 """ladd.data: known answers, determinism, sharding, exact resume, every source and
 every bad input. No grain worker processes (num_workers=0) to stay fast."""
 
+import json
 import os
 import pickle
 import shutil
@@ -8,8 +9,11 @@ import shutil
 import grain
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
+from etils import epath
 
+from ladd import checkpoint
 from ladd.data import DataError, build_dataset, load_tokenizer
 from ladd.data import binsaw
 from ladd.data.shakespeare import load_shakespeare, markdown_to_text
@@ -174,7 +178,6 @@ def test_resume_from_state_is_exact(tmp_path, source):
 
 
 def test_resume_through_orbax_checkpoint(tmp_path):
-  ocp = pytest.importorskip("orbax.checkpoint")
   ds = build_dataset(data_cfg(source="binsaw", seq_len=32), None)
   iterator = ds.train_iterator(0, 1, 4)
   take(iterator, 2)
@@ -183,9 +186,53 @@ def test_resume_through_orbax_checkpoint(tmp_path):
     manager.wait_until_finished()
     expected = take(iterator, 3)
     resumed = ds.train_iterator(0, 1, 4)
-    manager.restore(2, args=ocp.args.Composite(
-        data=grain.checkpoint.CheckpointRestore(resumed)))
+    resumed.set_state(checkpoint.saved_data_position(manager.directory / "2" / "data", 2))
   np.testing.assert_array_equal(np.stack(take(resumed, 3)), np.stack(expected))
+
+
+def global_batches(iterators, n):
+  return [np.concatenate([next(iterator) for iterator in iterators]) for _ in range(n)]
+
+
+def save_positions(directory, iterators):
+  """The data item of a checkpoint, as grain writes it from each of len(iterators) processes."""
+  directory.mkdir()
+  for p, iterator in enumerate(iterators):
+    (directory / f"process_{p}-of-{len(iterators)}.json").write_text(json.dumps(iterator.get_state()))
+  return epath.Path(directory)
+
+
+@pytest.mark.parametrize("source", ["binsaw", "npy", "text"])
+@pytest.mark.parametrize("saved, resumed", [(2, 1), (1, 2), (2, 4)])
+def test_data_position_resumes_on_another_process_count(tmp_path, source, saved, resumed):
+  cfg = {"binsaw": lambda: data_cfg(source="binsaw", seq_len=32),
+         "npy": lambda: npy_cfg(tmp_path, unique_windows(30, 8), vocab_size=240, seq_len=8, eval_batch_size=1),
+         "text": lambda: data_cfg(source="text", path=str(tmp_path / "a.txt"), seq_len=8, eval_batch_size=2)}
+  (tmp_path / "a.txt").write_text("".join(chr(97 + i % 26) * (i % 7 + 1) for i in range(300)))
+  ds = build_dataset(cfg[source](), None)
+  uninterrupted = [ds.train_iterator(0, 1, 8)]
+  global_batches(uninterrupted, 5)  # past an epoch of the 30 npy windows
+  expected = global_batches(uninterrupted, 6)
+  savers = [ds.train_iterator(p, saved, 8 // saved) for p in range(saved)]
+  global_batches(savers, 5)
+  position = checkpoint.saved_data_position(save_positions(tmp_path / "data", savers), 5)
+  resumers = [ds.train_iterator(p, resumed, 8 // resumed) for p in range(resumed)]
+  for iterator in resumers:
+    iterator.set_state(position)
+  np.testing.assert_array_equal(np.stack(global_batches(resumers, 6)), np.stack(expected))
+
+
+def test_data_positions_that_cannot_move_are_refused(tmp_path):
+  ds = build_dataset(data_cfg(source="binsaw", seq_len=32), None)
+  skewed = [ds.train_iterator(p, 2, 4) for p in range(2)]
+  next(skewed[0])
+  with pytest.raises(checkpoint.CheckpointError, match=r"step 1 was saved by 2 processes at different data positions,"
+                     r" which 1 process\(es\) cannot continue; resume it with 2 processes"):
+    checkpoint.saved_data_position(save_positions(tmp_path / "skewed", skewed), 1)
+  one_missing = save_positions(tmp_path / "one_missing", skewed)
+  (one_missing / "process_1-of-2.json").unlink()
+  with pytest.raises(checkpoint.UnreadableCheckpoint, match="holds process_0-of-2.json, not one state per process"):
+    checkpoint.saved_data_position(one_missing, 1)
 
 
 def test_eval_batches_are_fixed_sharded_and_complete(tmp_path):

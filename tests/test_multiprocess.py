@@ -1,5 +1,6 @@
 """A real two-process run (CPU collectives over gloo, 4 devices per process, data
-sharded by process) logs the same losses as one process with 8 devices."""
+sharded by process) logs the same losses as one process with 8 devices, and a checkpoint
+of either resumes on the other number of processes with the same data order."""
 
 import json
 import os
@@ -8,15 +9,21 @@ import subprocess
 import portpicker
 import pytest
 
-from tests.helpers import ROOT, entry_point, subprocess_env
+from tests.helpers import ROOT, entry_point, snapshot, subprocess_env
 
-TRAIN_ARGS = ["--config=configs/binsaw.py:tiny", "--config.train.steps=3", "--config.train.log_every=1",
-              "--config.train.eval_every=3", "--config.mesh.data=-1"]
+TRAIN_ARGS = ["--config=configs/binsaw.py:tiny", "--config.train.log_every=1", "--config.train.eval_every=3",
+              "--config.mesh.data=-1"]
 
 
-def launch(workdir, devices, extra=()):
-  return subprocess.Popen(entry_point("ladd.train", f"--workdir={workdir}", *TRAIN_ARGS, *extra),
+def launch(workdir, devices, steps, extra=()):
+  return subprocess.Popen(entry_point("ladd.train", f"--workdir={workdir}", *TRAIN_ARGS, f"--config.train.steps={steps}", *extra),
                           cwd=ROOT, env=subprocess_env(devices), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def launch_two(workdir, steps):
+  port = portpicker.pick_unused_port()
+  return [launch(workdir, 4, steps, [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"])
+          for i in range(2)]
 
 
 def finish(process):
@@ -30,25 +37,53 @@ def logged(workdir):
     return [json.loads(line) for line in f]
 
 
-def test_two_processes_match_one(tmp_path):
-  port = portpicker.pick_unused_port()
-  two = str(tmp_path / "two")
-  workers = [launch(two, 4, [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"])
-             for i in range(2)]
-  one = launch(str(tmp_path / "one"), 8)
+def assert_same_run(records, reference):
+  """Equal losses where both logged a step; 2 x 4 and 1 x 8 devices differ in float rounding."""
+  reference = {r["step"]: r for r in reference}
+  for record in records:
+    assert record["loss"] == pytest.approx(reference[record["step"]]["loss"], rel=1e-5), record["step"]
+    assert record["grad_norm"] == pytest.approx(reference[record["step"]]["grad_norm"], rel=1e-4), record["step"]
+    if "eval/nelbo_per_token" in record:
+      assert record["eval/nelbo_per_token"] == pytest.approx(reference[record["step"]]["eval/nelbo_per_token"], rel=1e-5)
+
+
+def test_two_processes_match_one_and_resume_on_the_other_count(tmp_path):
+  two, one = str(tmp_path / "two"), str(tmp_path / "one")
+  workers = launch_two(two, 3)
+  uninterrupted = launch(one, 8, 5)
   outputs = [finish(p) for p in workers]
-  finish(one)
+  finish(uninterrupted)
   assert "2 process(es), 8 cpu device(s)" in outputs[0]
   assert "step 1/3" in outputs[0] and "step 1/3" not in outputs[1]  # only process 0 reports
-  records_two, records_one = logged(two), logged(str(tmp_path / "one"))
-  assert [r["step"] for r in records_two] == [1, 2, 3]
-  for a, b in zip(records_two, records_one):
-    assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
-    assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
-  assert records_two[-1]["eval/nelbo_per_token"] == pytest.approx(records_one[-1]["eval/nelbo_per_token"], rel=1e-5)
+  records_two, records_one = logged(two), logged(one)
+  assert [r["step"] for r in records_two] == [1, 2, 3] and "eval/nelbo_per_token" in records_two[-1]
+  assert_same_run(records_two, records_one)
   assert sorted(os.listdir(os.path.join(two, "checkpoints"))) == ["2", "3"]
   # The 2-process, 8-device checkpoint loads on one CPU device for evaluation.
   result = subprocess.run(entry_point("ladd.evaluate", f"--workdir={two}", "--num_batches=1"),
                           cwd=ROOT, env=subprocess_env(1), capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   assert json.loads(result.stdout[result.stdout.index("{"):])["checkpoint_step"] == 3
+
+  # The 2 processes' step 3 resumed by 1 process continues the uninterrupted run's global
+  # batches (a restarted or skewed data order changes the losses).
+  assert "resumed from step 3" in finish(launch(two, 8, 5))
+  assert [r["step"] for r in logged(two)] == [1, 2, 3, 4, 5]
+  assert_same_run(logged(two), records_one)
+
+  # Processes that saved different data positions (not a checkpoint ladd writes) cannot
+  # move to another count: one line, exit 2, the work directory untouched.
+  data = os.path.join(two, "checkpoints", "5", "data")
+  with open(os.path.join(data, "process_0-of-1.json")) as f:
+    state = json.load(f)
+  os.rename(os.path.join(data, "process_0-of-1.json"), os.path.join(data, "process_0-of-2.json"))
+  with open(os.path.join(data, "process_1-of-2.json"), "w") as f:
+    json.dump(dict(state, next_index=state["next_index"] - 1), f)
+  before = snapshot(two)
+  refused = subprocess.run(entry_point("ladd.train", f"--workdir={two}", *TRAIN_ARGS, "--config.train.steps=6"),
+                           cwd=ROOT, env=subprocess_env(8), capture_output=True, text=True, timeout=600)
+  assert refused.returncode == 2, refused.stderr[-3000:]
+  assert [line for line in refused.stderr.splitlines() if line.startswith("ladd.")] == [
+      "ladd.train: error: checkpoint step 5 was saved by 2 processes at different data positions, which 1 process(es)"
+      " cannot continue; resume it with 2 processes"]
+  assert snapshot(two) == before
