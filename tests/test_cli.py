@@ -1,11 +1,13 @@
 """Entry points end to end, every shipped config, and bad input handled cleanly."""
 
+import ast
 import glob
 import hashlib
 import importlib
 import json
 import os
 import subprocess
+import sys
 
 import jax
 import pytest
@@ -29,6 +31,30 @@ def test_every_shipped_config_builds(name, variant):
   vocab = config.data.vocab_size or (2 if config.data.source == "binsaw" else config.data.bpe_vocab_size)
   trainer = build_trainer(config, build_method(config, vocab), mesh)  # abstract: nothing is allocated
   assert jax.tree.leaves(trainer.abstract_state["params"])
+
+
+# Every module run as `python -m ladd.X`: the ones with a __main__ block.
+ENTRY_POINTS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "ladd", "*.py"))
+                      if 'if __name__ == "__main__":' in open(p).read())
+
+
+def test_entry_points_hold_flags_and_main_only():
+  """The work an entry point does lives in modules without flags, which library code,
+  experiments and tests import; an entry point's only function is main."""
+  assert {"train", "sample", "evaluate", "prepare", "compile", "sweep"} <= set(ENTRY_POINTS)
+  for name in ENTRY_POINTS:
+    with open(os.path.join(ROOT, "ladd", f"{name}.py")) as f:
+      tree = ast.parse(f.read())
+    defined = [node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
+    assert defined == ["main"], f"ladd/{name}.py defines {defined}"
+
+
+def test_entry_points_import_together():
+  """absl refuses a flag defined twice in one process: shared flags live in ladd/flags.py."""
+  code = "import " + ", ".join(f"ladd.{name}" for name in ENTRY_POINTS)
+  result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=subprocess_env(1),
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
 
 
 def run(module, *args, devices=1):

@@ -15,12 +15,12 @@ from jax.flatten_util import ravel_pytree
 
 from configs import ladd_binsaw, ladd_shakespeare
 from ladd.diffusion.sampling import SamplerSettings
-from ladd.evaluate import evaluate
+from ladd.evaluation import evaluate
 from ladd.generate import sample
 from ladd.job import load_trained
 from ladd.methods import build_method
 from ladd.nstep_bound import evaluate_nstep_bounds
-from ladd.train import train
+from ladd.train_loop import train
 from ladd.trainer import make_optimizer
 from tests.helpers import ROOT, entry_point, subprocess_env
 
