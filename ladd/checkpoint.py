@@ -203,13 +203,16 @@ def _inference_target(trainer):
           "model_state": _abstract(trainer.abstract_state["model_state"], trainer.state_shardings["model_state"])}
 
 
-def restore_params(mgr, step, trainer, which="ema"):
-  """(params, model_state) for sampling and evaluation; params are EMA by default."""
+def restore_params(mgr, step, evaluator, which="ema"):
+  """(params, model_state) for sampling and evaluation; params are EMA by default, raw
+  ones come from the train state without reading its optimizer state."""
   try:
     if which == "ema":
-      restored = mgr.restore(step, args=ocp.args.Composite(ema=ocp.args.StandardRestore(_inference_target(trainer))))["ema"]
+      restored = mgr.restore(step, args=ocp.args.Composite(ema=ocp.args.StandardRestore(_inference_target(evaluator))))["ema"]
     else:
-      restored = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(_train_target(trainer))))["state"]
+      target = {k: _abstract(evaluator.abstract_state[k], evaluator.state_shardings[k]) for k in ("params", "model_state")}
+      restored = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+          target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True)))["state"]
   except Exception as e:
     raise UnreadableCheckpoint(f"cannot restore parameters of step {step} from {mgr.directory}: {_first_line(e)}") from e
   return restored["params"], restored["model_state"]

@@ -1,5 +1,6 @@
 """Small shared builders for the tests."""
 
+import hashlib
 import os
 import sys
 
@@ -52,6 +53,16 @@ def method_config(network, **mesh):
     return apply_ladd(c, network + "_tiny", "binsaw")
   c.method = network
   return c
+
+
+def snapshot(workdir):
+  """{relative path: sha256} of every file under workdir: equal snapshots, nothing changed."""
+  digest = {}
+  for dirpath, _, files in os.walk(workdir):
+    for f in files:
+      with open(os.path.join(dirpath, f), "rb") as fh:
+        digest[os.path.relpath(os.path.join(dirpath, f), workdir)] = hashlib.sha256(fh.read()).hexdigest()
+  return digest
 
 
 def host_tree(tree):

@@ -2,21 +2,23 @@
 
 import ast
 import glob
-import hashlib
 import importlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import jax
+import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from ladd import sharding
-from ladd.job import validate
+from ladd.job import load_trained, validate
 from ladd.methods import build_method
-from ladd.trainer import build_trainer
-from tests.helpers import ROOT, entry_point, subprocess_env
+from ladd.trainer import Evaluator, build_trainer
+from tests.helpers import ROOT, entry_point, host_tree, snapshot, subprocess_env
 
 CONFIGS = [(os.path.basename(p)[:-3], v)
            for p in sorted(glob.glob(os.path.join(ROOT, "configs", "*.py"))) if not p.endswith("__init__.py")
@@ -60,15 +62,6 @@ def test_entry_points_import_together():
 def run(module, *args, devices=1):
   return subprocess.run(entry_point(module, *args), cwd=ROOT, env=subprocess_env(devices),
                         capture_output=True, text=True, timeout=600)
-
-
-def snapshot(workdir):
-  digest = {}
-  for dirpath, _, files in os.walk(workdir):
-    for f in files:
-      with open(os.path.join(dirpath, f), "rb") as fh:
-        digest[os.path.relpath(os.path.join(dirpath, f), workdir)] = hashlib.sha256(fh.read()).hexdigest()
-  return digest
 
 
 @pytest.fixture(scope="module")
@@ -172,6 +165,35 @@ def test_bad_sample_and_evaluate_input(trained, module, flags, expected):
   assert result.returncode != 0 and expected in result.stderr, result.stderr[-2000:]
   assert "Traceback" not in result.stderr
   assert snapshot(trained) == before
+
+
+def by_path(tree):
+  """{"a/0/b": leaf}: orbax restores list indices as string keys, nnx keeps them as ints."""
+  return {jax.tree_util.keystr(path, simple=True, separator="/"): leaf
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def test_loading_for_sampling_builds_no_optimizer_and_reads_no_optimizer_state(trained, tmp_path, monkeypatch):
+  """A checkpoint whose train state has no optimizer state at all (rewritten without it)
+  still loads raw and EMA parameters, with the optimizer unbuildable."""
+  workdir = str(tmp_path / "run")
+  shutil.copytree(trained, workdir)
+  for item in glob.glob(os.path.join(workdir, "checkpoints", "*", "state")):  # every step: none to fall back on
+    state = ocp.StandardCheckpointer().restore(item)
+    shutil.rmtree(item)
+    writer = ocp.StandardCheckpointer()
+    writer.save(item, {k: v for k, v in state.items() if k != "opt_state"})
+    writer.wait_until_finished()
+  monkeypatch.setattr("ladd.trainer.make_optimizer", lambda *args: pytest.fail("loading built an optimizer"))
+  job, step, params, _ = load_trained(workdir, which="raw")
+  assert str(step) == os.path.basename(os.path.dirname(item)) == "4"  # the newest, last rewritten
+  restored, saved = by_path(host_tree(params)), by_path(state["params"])
+  assert restored.keys() == saved.keys()
+  for path, value in saved.items():
+    np.testing.assert_array_equal(restored[path], value, err_msg=path)
+  assert isinstance(job.trainer, Evaluator) and "opt_state" not in job.trainer.abstract_state
+  _, _, ema, _ = load_trained(workdir, which="ema")
+  assert jax.tree.structure(ema) == jax.tree.structure(params)
 
 
 def test_missing_checkpoint_is_one_clear_line(tmp_path):
