@@ -34,8 +34,7 @@ def restore_or_init(job, mgr, data_iter):
     return job.trainer.init(), 0
 
   def restore(step):
-    checkpoint.check_compatible(checkpoint.read_config_record(mgr, step), job.record, mgr.directory)
-    return checkpoint.restore_train(mgr, step, job.trainer, data_iter)
+    return checkpoint.restore_train(mgr, step, job.trainer, data_iter, job.record)
 
   step, state = checkpoint.restore_newest_readable(mgr, restore, move_unreadable=True)
   return state, step
