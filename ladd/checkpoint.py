@@ -101,10 +101,13 @@ def check_compatible(mgr, step, targets, current_record, shown=3):
   diffs = [f"{k}: checkpoint {saved.get(k)!r} vs config {current.get(k)!r}"
            for k in MEANING_KEYS if saved.get(k) != current.get(k)]
   for item, target in targets.items():
+    handler = ocp.PyTreeCheckpointHandler()
     try:
-      stored = _leaves(ocp.PyTreeCheckpointHandler().metadata(mgr.directory / str(step) / item).tree)
+      stored = _leaves(handler.metadata(mgr.directory / str(step) / item).tree)
     except Exception as e:
       raise UnreadableCheckpoint(f"checkpoint step {step} in {mgr.directory} is unreadable: {_first_line(e)}") from e
+    finally:
+      handler.close()
     wanted = _leaves(target)
     for path in sorted(stored.keys() | wanted.keys()):
       if path not in wanted:
