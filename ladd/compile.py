@@ -21,6 +21,8 @@ from ladd.errors import one_line_errors  # noqa: E402
 TOPOLOGY = absl_flags.DEFINE_string("topology", None, "TPU slice, e.g. v5p:4x4x8 (v5p-128), v6e:16x16, v5e:2x2, v4:2x2x1.")
 SAMPLER = absl_flags.DEFINE_bool("sampler", True, "Also compile the sampler (config sample.*).")
 
+absl_flags.declare_key_flag("config")  # defined in ladd.flags, listed by --helpshort here
+
 
 def main(argv):
   del argv

@@ -35,6 +35,9 @@ DATA = absl_flags.DEFINE_string("data", "", "Zero-shot: evaluate on this .txt fi
 BOUND_STEPS = absl_flags.DEFINE_list("bound_steps", [], "Step counts N for the N-step bound of the N-step sampler (e.g. 1,4,16); none by default.")
 SAMPLE_STEPS = absl_flags.DEFINE_list("sample_steps", ["1", "2", "5", "10"], "Step counts for the exact sample metrics of sources with a known joint (toys).")
 
+for shared in ("seed", "checkpoint_step", "params", "output", "judge"):  # defined in ladd.flags, listed by --helpshort here
+  absl_flags.declare_key_flag(shared)
+
 
 def main(argv):
   del argv

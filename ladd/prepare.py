@@ -28,6 +28,8 @@ TFDS_DATA_DIR = absl_flags.DEFINE_string("tfds_data_dir", DEFAULTS.tfds_data_dir
 WORKERS = absl_flags.DEFINE_integer("workers", 2, "Worker processes (1: in this process).")
 STOP_AFTER = absl_flags.DEFINE_integer("stop_after_shards", 0, "Stop after this many new shards (0: finish); rerun to resume.")
 
+absl_flags.declare_key_flag("output")  # defined in ladd.flags, listed by --helpshort here
+
 
 def main(argv):
   del argv

@@ -44,6 +44,9 @@ BLOCK_KEEP = absl_flags.DEFINE_integer("block_keep", None, "Tokens of the previo
 NO_CACHE = absl_flags.DEFINE_bool("no_cache", False, "Call the network at every step even when nothing changed.")
 QUIET = absl_flags.DEFINE_bool("quiet", False, "Do not print the decoded samples.")
 
+for shared in ("steps", "num_samples", "seed", "checkpoint_step", "params", "output"):  # defined in ladd.flags, listed by --helpshort here
+  absl_flags.declare_key_flag(shared)
+
 
 def main(argv):
   del argv

@@ -19,6 +19,9 @@ from ladd.evaluation import sweep_workdir
 WORKDIRS = absl_flags.DEFINE_list("workdirs", None, "Work directories to sample from.")
 TEMPERATURES = absl_flags.DEFINE_list("temperatures", ["1.0"], "Softmax temperatures.")
 
+for shared in ("judge", "steps", "num_samples", "seed", "output"):  # defined in ladd.flags, listed by --helpshort here
+  absl_flags.declare_key_flag(shared)
+
 
 def main(argv):
   del argv

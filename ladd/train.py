@@ -6,10 +6,13 @@ Resumes automatically from the newest complete checkpoint in DIR.
 import os
 
 from absl import app
+from absl import flags as absl_flags
 
 from ladd import flags
 from ladd.errors import one_line_errors
 from ladd.train_loop import train
+
+absl_flags.declare_key_flag("config")  # defined in ladd.flags, listed by --helpshort here
 
 
 def main(argv):
