@@ -19,10 +19,10 @@ from configs import binsaw, ladd_binsaw
 from ladd import summary
 from ladd.flags import WORKDIR
 from ladd.diffusion.sampling import SamplerSettings
-from ladd.evaluate import evaluate, nstep_bounds
+from ladd.evaluation import evaluate, nstep_bounds
 from ladd.job import load_trained
 from ladd.generate import sample
-from ladd.train import train
+from ladd.train_loop import train
 
 RESULTS = flags.DEFINE_string("results_dir", "experiments/results", "Where the table and plot go.")
 TRAIN_STEPS = flags.DEFINE_integer("train_steps", 1200, "Training steps per model.")

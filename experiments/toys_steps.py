@@ -5,7 +5,7 @@ dependency tasks (copy, parity, mixture, product) and scored at 1, 2, 5 and 10 s
   python experiments/toys_steps.py [--out=experiments/results] [--train_steps=N] [--workdir=DIR]
 
 With --workdir the trained runs stay in DIR/<method>_<task>; a later invocation with the
-same DIR resumes them (ladd.train.train restarts from the newest checkpoint, so a finished
+same DIR resumes them (ladd.train_loop.train restarts from the newest checkpoint, so a finished
 run trains no further) and only re-evaluates. Without it they live in a temporary directory.
 
 Writes `toys_steps.md` (table, command, timings, latent diagnostics), `toys_steps.json`,
@@ -31,11 +31,11 @@ import numpy as np  # noqa: E402
 from configs import toys as toy_configs  # noqa: E402
 from ladd import exact_metrics, summary  # noqa: E402
 from ladd.data import toys  # noqa: E402
-from ladd.evaluate import evaluate, exact_sample_metrics, nstep_bounds, plot_2d_densities  # noqa: E402
+from ladd.evaluation import evaluate, exact_sample_metrics, nstep_bounds, plot_2d_densities  # noqa: E402
 from ladd.flags import WORKDIR  # noqa: E402  --workdir: keep the runs there (default: a temporary directory)
 from ladd.job import build_job  # noqa: E402
 from ladd.methods import METHODS  # noqa: E402
-from ladd.train import train  # noqa: E402
+from ladd.train_loop import train  # noqa: E402
 
 CANDIDATES = ("mdlm", "vadd", "vmd", "co_ladd", "di_ladd")
 TASKS = ("checkerboard", "copy", "parity", "mixture", "product")

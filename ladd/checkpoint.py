@@ -22,13 +22,12 @@ from absl import logging as absl_logging
 
 from ladd import errors
 
-# Keys that fix parameter shapes or the meaning of token ids: a checkpoint whose
-# config differs in any of them cannot be restored under the current config.
-SHAPE_KEYS = ("method", "model.d_model", "model.n_layers", "model.n_heads", "model.mlp_ratio",
-              "model.cond_dim", "model.vocab_pad_multiple", "model.position_embedding", "data.seq_len",
-              "data.source", "data.tokenizer", "vocab_size", "model.scan_layers")
-# Shape keys added later: a record without one was written with this value.
-SHAPE_KEY_DEFAULTS = {"model.scan_layers": False, "model.position_embedding": "none"}
+# Keys that change what token ids or weights mean without changing any array's shape (a
+# new tokenizer or data source of equal vocabulary size, another head split of the same
+# projections, another method's loss on the same network): the tree metadata cannot see
+# them, so they are compared in the config records. Everything shaped is compared array
+# by array (check_compatible).
+MEANING_KEYS = ("method", "data.source", "data.tokenizer", "vocab_size", "model.n_heads")
 
 
 TRAIN_ITEMS = ("step", "params", "model_state", "opt_state")
@@ -78,13 +77,51 @@ def _flatten(record, prefix=""):
   return out
 
 
-def check_compatible(saved_record, current_record, where):
-  saved = dict(SHAPE_KEY_DEFAULTS, **_flatten(saved_record))
+def _leaves(tree):
+  """{"a/b/c": (shape, dtype)} of a tree of arrays, abstract arrays or orbax array metadata."""
+  def name(key):  # dict keys, named-tuple fields and list indices alike
+    for attribute in ("key", "name", "idx"):
+      if hasattr(key, attribute):
+        return str(getattr(key, attribute))
+    return str(key)
+  return {"/".join(map(name, path)): (tuple(leaf.shape), np.dtype(leaf.dtype))
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _describe(shape_dtype):
+  shape, dtype = shape_dtype
+  return f"{dtype}{list(shape)}"
+
+
+def check_compatible(mgr, step, targets, current_record, shown=3):
+  """Raises one CheckpointError line when the checkpoint at `step` cannot be restored into
+  `targets` ({item: abstract tree}) under the config `current_record`: the first `shown`
+  arrays whose path, shape or dtype differ between the stored tree metadata and the
+  target (or the meaning keys' values)."""
+  saved = _flatten(read_config_record(mgr, step))
   current = _flatten(current_record)
   diffs = [f"{k}: checkpoint {saved.get(k)!r} vs config {current.get(k)!r}"
-           for k in SHAPE_KEYS if saved.get(k) != current.get(k)]
+           for k in MEANING_KEYS if saved.get(k) != current.get(k)]
+  for item, target in targets.items():
+    handler = ocp.PyTreeCheckpointHandler()
+    try:
+      stored = _leaves(handler.metadata(mgr.directory / str(step) / item).tree)
+    except Exception as e:
+      raise UnreadableCheckpoint(f"checkpoint step {step} in {mgr.directory} is unreadable: {_first_line(e)}") from e
+    finally:
+      handler.close()
+    wanted = _leaves(target)
+    for path in sorted(stored.keys() | wanted.keys()):
+      if path not in wanted:
+        diffs.append(f"{item}/{path} {_describe(stored[path])} only in the checkpoint")
+      elif path not in stored:
+        diffs.append(f"{item}/{path} {_describe(wanted[path])} not in the checkpoint")
+      elif stored[path] != wanted[path]:
+        diffs.append(f"{item}/{path}: checkpoint {_describe(stored[path])} vs config {_describe(wanted[path])}")
   if diffs:
-    raise CheckpointError(f"checkpoint in {where} is incompatible with the config ({'; '.join(diffs)})")
+    more = f"; and {len(diffs) - shown} more" if len(diffs) > shown else ""
+    raise CheckpointError(f"checkpoint step {step} in {mgr.directory} is incompatible with the config: "
+                          f"{'; '.join(diffs[:shown])}{more}")
 
 
 def read_config_record(mgr, step):
@@ -178,12 +215,14 @@ def _abstract(tree, shardings):
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings)
 
 
-def restore_train(mgr, step, trainer, data_iterator):
-  """Restores state and EMA onto trainer's mesh and the data iterator in place, whatever
-  the number of processes that saved them."""
-  position = saved_data_position(mgr.directory / str(step) / "data", step)
+def restore_train(mgr, step, trainer, data_iterator, config_record):
+  """Restores state and EMA onto trainer's mesh and the data iterator in place, after
+  check_compatible against `config_record` (the current config's), whatever the number
+  of processes that saved them."""
   target = _train_target(trainer)
   ema_target = _inference_target(trainer)
+  check_compatible(mgr, step, {"ema": ema_target, "state": target}, config_record)  # parameters first
+  position = saved_data_position(mgr.directory / str(step) / "data", step)
   try:
     restored = mgr.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(target), ema=ocp.args.StandardRestore(ema_target)))
@@ -238,13 +277,16 @@ def _inference_target(trainer):
           "model_state": _abstract(trainer.abstract_state["model_state"], trainer.state_shardings["model_state"])}
 
 
-def restore_params(mgr, step, trainer, which="ema"):
-  """(params, model_state) for sampling and evaluation; params are EMA by default."""
+def restore_params(mgr, step, evaluator, which="ema"):
+  """(params, model_state) for sampling and evaluation; params are EMA by default, raw
+  ones come from the train state without reading its optimizer state."""
   try:
     if which == "ema":
-      restored = mgr.restore(step, args=ocp.args.Composite(ema=ocp.args.StandardRestore(_inference_target(trainer))))["ema"]
+      restored = mgr.restore(step, args=ocp.args.Composite(ema=ocp.args.StandardRestore(_inference_target(evaluator))))["ema"]
     else:
-      restored = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(_train_target(trainer))))["state"]
+      target = {k: _abstract(evaluator.abstract_state[k], evaluator.state_shardings[k]) for k in ("params", "model_state")}
+      restored = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+          target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True)))["state"]
   except Exception as e:
     raise UnreadableCheckpoint(f"cannot restore parameters of step {step} from {mgr.directory}: {_first_line(e)}") from e
   return restored["params"], restored["model_state"]

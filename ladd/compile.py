@@ -14,26 +14,26 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")  # compiling only: never claim an 
 
 from absl import app  # noqa: E402
 from absl import flags as absl_flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
 
 from ladd import aot, flags  # noqa: E402
 from ladd.errors import one_line_errors  # noqa: E402
 
-CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/x.py:variant).", lock_config=True)
 TOPOLOGY = absl_flags.DEFINE_string("topology", None, "TPU slice, e.g. v5p:4x4x8 (v5p-128), v6e:16x16, v5e:2x2, v4:2x2x1.")
 SAMPLER = absl_flags.DEFINE_bool("sampler", True, "Also compile the sampler (config sample.*).")
+
+absl_flags.declare_key_flag("config")  # defined in ladd.flags, listed by --helpshort here
 
 
 def main(argv):
   del argv
   with one_line_errors("ladd.compile"):
-    if CONFIG.value is None:
+    if flags.CONFIG.value is None:
       raise ValueError("--config is required, e.g. --config=configs/openwebtext_pod.py")
     if not TOPOLOGY.value:
       raise ValueError("--topology is required, e.g. --topology=v5p:4x4x8")
     slice_ = aot.tpu_slice(TOPOLOGY.value)
-    mesh, n_params, flops, reports = aot.compile_for_slice(CONFIG.value, slice_.devices, SAMPLER.value)
-  lines, misses = aot.format_report(slice_, CONFIG.value, mesh, n_params, flops, reports)
+    mesh, n_params, flops, reports = aot.compile_for_slice(flags.CONFIG.value, slice_.devices, SAMPLER.value)
+  lines, misses = aot.format_report(slice_, flags.CONFIG.value, mesh, n_params, flops, reports)
   print("\n".join(lines), flush=True)
   for miss in misses:
     print(f"ladd.compile: {miss}", file=sys.stderr, flush=True)

@@ -12,7 +12,7 @@ import ml_collections
 from ladd import errors, faults, sharding
 from ladd.data import build_dataset
 from ladd.methods import build_method
-from ladd.trainer import build_trainer
+from ladd.trainer import build_evaluator, build_trainer
 
 
 def init_distributed(coordinator_address, num_processes, process_id, auto, peer_timeout_s=60.0):
@@ -86,7 +86,7 @@ class Job:
   dataset: object
   method: object
   mesh: jax.sharding.Mesh
-  trainer: object
+  trainer: object  # a trainer.Trainer; a trainer.Evaluator where the job only samples and evaluates
 
   @property
   def record(self):
@@ -103,7 +103,8 @@ def build_job(config, workdir):
 
 def load_trained(workdir, step=None, which="ema"):
   """Rebuilds the job a checkpoint was trained with, on all local devices (data parallel),
-  and restores its parameters (`which`: "ema" or "raw").
+  and restores its parameters (`which`: "ema" or "raw"); job.trainer is an Evaluator:
+  no optimizer is built and no optimizer state is read.
 
   Returns (job, step, params, model_state); errors name the work directory and what is
   missing.
@@ -149,4 +150,4 @@ def _job_from_record(record, workdir):
   if dataset.vocab_size != record.get("vocab_size"):
     raise checkpoint.CheckpointError(f"checkpoint vocab_size {record.get('vocab_size')} differs from the data's {dataset.vocab_size}")
   method = build_method(config, dataset.vocab_size, dataset.pad_id)
-  return Job(config, dataset, method, mesh, build_trainer(config, method, mesh))
+  return Job(config, dataset, method, mesh, build_evaluator(method, mesh))  # no optimizer

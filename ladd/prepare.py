@@ -10,13 +10,12 @@ Rerunning the same command resumes an interrupted run.
 from absl import app
 from absl import flags as absl_flags
 
+from ladd import flags
 from ladd.data.prepare import PACKINGS, Plan, prepare
 from ladd.errors import one_line_errors
-from ladd.flags import parser
 
 DEFAULTS = Plan(source="")
 SOURCE = absl_flags.DEFINE_string("source", None, "A .txt / .jsonl file or directory, or tfds:NAME.")
-OUTPUT = absl_flags.DEFINE_string("output", None, "Output directory for shards and manifest.")
 TOKENIZER = absl_flags.DEFINE_string("tokenizer", DEFAULTS.tokenizer, "gpt2, or a tokenizers JSON file.")
 SEQ_LEN = absl_flags.DEFINE_integer("seq_len", DEFAULTS.seq_len, "Tokens per sequence.")
 PACKING = absl_flags.DEFINE_enum("packing", DEFAULTS.packing, PACKINGS, "wrap: EOS-joined documents cut into rows (OpenWebText); pad: one padded row per document (LM1B).")
@@ -29,11 +28,13 @@ TFDS_DATA_DIR = absl_flags.DEFINE_string("tfds_data_dir", DEFAULTS.tfds_data_dir
 WORKERS = absl_flags.DEFINE_integer("workers", 2, "Worker processes (1: in this process).")
 STOP_AFTER = absl_flags.DEFINE_integer("stop_after_shards", 0, "Stop after this many new shards (0: finish); rerun to resume.")
 
+absl_flags.declare_key_flag("output")  # defined in ladd.flags, listed by --helpshort here
+
 
 def main(argv):
   del argv
   with one_line_errors("ladd.prepare"):
-    if not SOURCE.value or not OUTPUT.value:
+    if not SOURCE.value or not flags.OUTPUT.value:
       raise ValueError("--source and --output are required")
     if WORKERS.value < 1 or STOP_AFTER.value < 0:
       raise ValueError(f"--workers must be >= 1 and --stop_after_shards >= 0, got"
@@ -43,9 +44,9 @@ def main(argv):
                 documents_per_shard=PER_SHARD.value, documents=DOCUMENTS.value,
                 text_key=TEXT_KEY.value, tfds_split=TFDS_SPLIT.value,
                 tfds_data_dir=TFDS_DATA_DIR.value)
-    prepare(plan, OUTPUT.value, WORKERS.value, STOP_AFTER.value,
+    prepare(plan, flags.OUTPUT.value, WORKERS.value, STOP_AFTER.value,
             log=lambda line: print(f"ladd.prepare: {line}", flush=True))
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=parser("ladd.prepare"))
+  app.run(main, flags_parser=flags.parser("ladd.prepare"))

@@ -26,10 +26,7 @@ from ladd.errors import one_line_errors
 from ladd.generate import clamped_from_text, draw_long
 from ladd.job import load_trained
 
-STEPS = absl_flags.DEFINE_integer("steps", None, "Sampling steps N (default: config sample.steps).")
-NUM_SAMPLES = absl_flags.DEFINE_integer("num_samples", None, "Number of samples (default: config sample.num_samples).")
 BATCH_SIZE = absl_flags.DEFINE_integer("batch_size", 0, "Samples per device call (0 = all at once).")
-SEED = absl_flags.DEFINE_integer("seed", None, "Sampling seed (default: config sample.seed).")
 TEMPERATURE = absl_flags.DEFINE_float("temperature", None, "Softmax temperature (default: config sample.temperature).")
 FINAL_FILL = absl_flags.DEFINE_enum("final_fill", None, ["sample", "argmax"], "How the last step fills remaining masks.")
 LATENT_STEPS = absl_flags.DEFINE_integer("latent_steps", None, "LADD sequential schedule: latent steps N_y (default: config sample.latent_steps; 0 = steps).")
@@ -45,40 +42,39 @@ INFILL = absl_flags.DEFINE_string("infill", "", "Template from position 0; each 
 LENGTH = absl_flags.DEFINE_integer("length", 0, "Tokens per sample; beyond the model's sequence length, block-wise: each block continues the last --block_keep tokens (0 = one block).")
 BLOCK_KEEP = absl_flags.DEFINE_integer("block_keep", None, "Tokens of the previous block clamped as each next block's prefix (default: half the sequence).")
 NO_CACHE = absl_flags.DEFINE_bool("no_cache", False, "Call the network at every step even when nothing changed.")
-STEP = absl_flags.DEFINE_integer("checkpoint_step", None, "Checkpoint step to load (default: newest).")
-PARAMS = absl_flags.DEFINE_enum("params", "ema", ["ema", "raw"], "EMA or raw parameters.")
-OUTPUT = absl_flags.DEFINE_string("output", "", "Output JSONL (default: <workdir>/samples.jsonl).")
 QUIET = absl_flags.DEFINE_bool("quiet", False, "Do not print the decoded samples.")
 
-
-def pick(flag_value, default):
-  return default if flag_value is None else flag_value
+for shared in ("steps", "num_samples", "seed", "checkpoint_step", "params", "output"):  # defined in ladd.flags, listed by --helpshort here
+  absl_flags.declare_key_flag(shared)
 
 
 def main(argv):
   del argv
   with one_line_errors("ladd.sample"):
     flags.start_distributed()
-    job, step, params, model_state = load_trained(flags.WORKDIR.value, STEP.value, PARAMS.value)
+    job, step, params, model_state = load_trained(flags.WORKDIR.value, flags.CHECKPOINT_STEP.value, flags.PARAMS.value)
     workdir = os.path.abspath(flags.WORKDIR.value)
     # sampler keys newer than the checkpoint's stored config take their defaults
     cfg = ml_collections.ConfigDict(dict(default_config().sample.to_dict(), **job.config.sample.to_dict()))
+    if flags.STEPS.value is not None and len(flags.STEPS.value) != 1:
+      raise ValueError(f"--steps takes one step count, got {','.join(flags.STEPS.value)!r}")
+    steps = cfg.steps if flags.STEPS.value is None else flags.integers(flags.STEPS)[0]
     settings = SamplerSettings(
-        steps=pick(STEPS.value, cfg.steps), temperature=pick(TEMPERATURE.value, cfg.temperature),
-        final_fill=pick(FINAL_FILL.value, cfg.final_fill), cache=cfg.cache and not NO_CACHE.value,
-        latent_steps=pick(LATENT_STEPS.value, cfg.latent_steps),
-        latent_sampler=pick(LATENT_SAMPLER.value, cfg.latent_sampler),
-        top_k=pick(TOP_K.value, cfg.top_k), top_p=pick(TOP_P.value, cfg.top_p),
-        noise_bits=pick(NOISE_BITS.value, cfg.noise_bits), latent_init=pick(LATENT_INIT.value, cfg.latent_init),
-        latent_candidates=pick(LATENT_CANDIDATES.value, cfg.latent_candidates))
+        steps=steps, temperature=flags.value_or(TEMPERATURE, cfg.temperature),
+        final_fill=flags.value_or(FINAL_FILL, cfg.final_fill), cache=cfg.cache and not NO_CACHE.value,
+        latent_steps=flags.value_or(LATENT_STEPS, cfg.latent_steps),
+        latent_sampler=flags.value_or(LATENT_SAMPLER, cfg.latent_sampler),
+        top_k=flags.value_or(TOP_K, cfg.top_k), top_p=flags.value_or(TOP_P, cfg.top_p),
+        noise_bits=flags.value_or(NOISE_BITS, cfg.noise_bits), latent_init=flags.value_or(LATENT_INIT, cfg.latent_init),
+        latent_candidates=flags.value_or(LATENT_CANDIDATES, cfg.latent_candidates))
     conditioning = {name: flag.value for name, flag in (("prompt", PROMPT), ("suffix", SUFFIX), ("infill", INFILL))
                     if flag.value}
     clamped = clamped_from_text(job.dataset, **conditioning) if conditioning else None
-    num_samples = pick(NUM_SAMPLES.value, cfg.num_samples)
+    num_samples = flags.value_or(flags.NUM_SAMPLES, cfg.num_samples)
     if num_samples < 1:
       raise ValueError(f"--num_samples must be >= 1, got {num_samples}")
     batch_size = BATCH_SIZE.value or num_samples
-    seed = pick(SEED.value, cfg.seed)
+    seed = flags.value_or(flags.SEED, cfg.seed)
 
     seq_len = job.method.seq_len
     length = LENGTH.value or seq_len
@@ -87,13 +83,13 @@ def main(argv):
                        f" --infill do not combine with --length={length}")
     start = time.time()
     tokens, used = draw_long(job, params, model_state, settings, num_samples, batch_size, seed, clamped,
-                             length, pick(BLOCK_KEEP.value, seq_len // 2))
+                             length, flags.value_or(BLOCK_KEEP, seq_len // 2))
     seconds = time.time() - start
     exact = job.dataset.exact
     true_nll = -exact.log_prob(np.stack(tokens)) if exact is not None and length == seq_len else None
     base = dict(job.method.describe(), **used, **conditioning, seed=seed, checkpoint_step=int(step),
-                params=PARAMS.value)
-    output = OUTPUT.value or os.path.join(workdir, "samples.jsonl")
+                params=flags.PARAMS.value)
+    output = flags.OUTPUT.value or os.path.join(workdir, "samples.jsonl")
     if jax.process_index() == 0:
       with open(output, "a") as f:
         for i, row in enumerate(tokens):

@@ -12,64 +12,42 @@ import os
 from absl import app
 from absl import flags as absl_flags
 
-from ladd import checkpoint, text_metrics
-from ladd.diffusion.sampling import SamplerSettings
+from ladd import checkpoint, flags, text_metrics
 from ladd.errors import one_line_errors
-from ladd.flags import parser
-from ladd.generate import sample
-from ladd.job import load_trained
+from ladd.evaluation import sweep_workdir
 
 WORKDIRS = absl_flags.DEFINE_list("workdirs", None, "Work directories to sample from.")
-JUDGE = absl_flags.DEFINE_string("judge", None, "An 'ar' work directory or a GPT-2 safetensors directory.")
-STEPS = absl_flags.DEFINE_list("steps", ["4", "8", "16", "32", "64", "128"], "Sampling steps N.")
 TEMPERATURES = absl_flags.DEFINE_list("temperatures", ["1.0"], "Softmax temperatures.")
-NUM_SAMPLES = absl_flags.DEFINE_integer("num_samples", 32, "Samples per setting.")
-SEED = absl_flags.DEFINE_integer("seed", 0, "Sampling seed.")
-OUTPUT = absl_flags.DEFINE_string("output", None, "Output directory.")
 
-
-def sweep_workdir(workdir, judge, steps, temperatures, num_samples, seed):
-  """(sample records, one metrics row per setting) of one checkpoint."""
-  job, step, params, model_state = load_trained(workdir)
-  records, rows = [], []
-  for n in steps:
-    for temperature in temperatures:
-      settings = SamplerSettings(steps=n, temperature=temperature)
-      tokens, nfe = sample(job, params, model_state, settings, num_samples, num_samples, seed)
-      base = dict(job.method.describe(), workdir=workdir, steps=n, nfe=nfe, temperature=temperature,
-                  seed=seed, checkpoint_step=int(step))
-      mine = [dict(base, index=i, text=job.dataset.decode(row)) for i, row in enumerate(tokens)]
-      metrics = text_metrics.sample_metrics(mine, judge)
-      records += mine
-      rows.append(dict(base, **{k: metrics[k] for k in ("gen_ppl", "unigram_entropy", "repeated_4grams", "tokens")}))
-  return records, rows
+for shared in ("judge", "steps", "num_samples", "seed", "output"):  # defined in ladd.flags, listed by --helpshort here
+  absl_flags.declare_key_flag(shared)
 
 
 def main(argv):
   del argv
   with one_line_errors("ladd.sweep"):
-    if not WORKDIRS.value or not JUDGE.value or not OUTPUT.value:
+    if not WORKDIRS.value or not flags.JUDGE.value or not flags.OUTPUT.value:
       raise ValueError("--workdirs, --judge and --output are required")
-    steps = [int(s) for s in STEPS.value]
+    steps = [4, 8, 16, 32, 64, 128] if flags.STEPS.value is None else flags.integers(flags.STEPS)
     temperatures = [float(t) for t in TEMPERATURES.value]
-    judge = text_metrics.load_judge(os.path.abspath(JUDGE.value))
+    judge = text_metrics.load_judge(os.path.abspath(flags.JUDGE.value))
     records, rows = [], []
     for workdir in WORKDIRS.value:
       more_records, more_rows = sweep_workdir(os.path.abspath(workdir), judge, steps, temperatures,
-                                              NUM_SAMPLES.value, SEED.value)
+                                              flags.value_or(flags.NUM_SAMPLES, 32), flags.value_or(flags.SEED, 0))
       records += more_records
       rows += more_rows
-    os.makedirs(OUTPUT.value, exist_ok=True)
-    with open(os.path.join(OUTPUT.value, "samples.jsonl"), "w") as f:
+    os.makedirs(flags.OUTPUT.value, exist_ok=True)
+    with open(os.path.join(flags.OUTPUT.value, "samples.jsonl"), "w") as f:
       f.writelines(json.dumps(r) + "\n" for r in records)
-    checkpoint.write_json(os.path.join(OUTPUT.value, "sweep.json"), {
+    checkpoint.write_json(os.path.join(flags.OUTPUT.value, "sweep.json"), {
         "judge": judge.description, "judge_tokenizer": judge.tokenizer.kind, "rows": rows})
     table = text_metrics.frontier_table(rows)
-    with open(os.path.join(OUTPUT.value, "frontier.md"), "w") as f:
+    with open(os.path.join(flags.OUTPUT.value, "frontier.md"), "w") as f:
       f.write(table)
-    text_metrics.plot_frontier(rows, os.path.join(OUTPUT.value, "frontier.png"))
+    text_metrics.plot_frontier(rows, os.path.join(flags.OUTPUT.value, "frontier.png"))
     print(table, flush=True)
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=parser("ladd.sweep"))
+  app.run(main, flags_parser=flags.parser("ladd.sweep"))

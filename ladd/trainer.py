@@ -49,16 +49,24 @@ def make_optimizer(optim_cfg, total_steps, lr_scales=None):
 
 
 @dataclasses.dataclass
-class Trainer:
-  """Everything compiled for one (config, mesh): init, train step, eval step."""
+class Evaluator:
+  """What sampling and evaluation need for one (method, mesh): the model's structure, the
+  abstract params / model_state / EMA with their shardings, and the eval step. No optimizer."""
 
   mesh: jax.sharding.Mesh
   graphdef: object
   state_shardings: dict
   abstract_state: dict
+  eval_step: object
+
+
+@dataclasses.dataclass
+class Trainer(Evaluator):
+  """An Evaluator with the optimizer: the full train state (step, opt_state too), init and
+  the train step, compiled for one (config, mesh)."""
+
   init: object
   train_step: object
-  eval_step: object
 
 
 def split_model(model):
@@ -67,12 +75,33 @@ def split_model(model):
   return graphdef, params, rest
 
 
-def build_trainer(config, method, mesh):
+def build_evaluator(method, mesh):
   with nnx.use_eager_sharding(False):
     abstract_model = nnx.eval_shape(lambda: method.init_model(nnx.Rngs(0)))
   graphdef, abstract_params, abstract_rest = split_model(abstract_model)
   param_shardings = sharding.state_shardings(abstract_params, mesh)
   model_state_shardings = sharding.state_shardings(abstract_rest, mesh)
+  params, model_state = nnx.to_pure_dict(abstract_params), nnx.to_pure_dict(abstract_rest)
+  pad_id = getattr(method, "pad_id", None)  # only methods that accept padded data have one
+
+  def eval_step(params, model_state, batch, key):
+    per_sequence = method.nelbo(nnx.merge(graphdef, params, model_state), batch, key)
+    sums = {name: value.astype(jnp.float32).sum() for name, value in per_sequence.items()}
+    tokens = batch.size if pad_id is None else jnp.sum(batch != pad_id)
+    return dict(sums, tokens=jnp.asarray(tokens, jnp.int32))
+
+  return Evaluator(
+      mesh=mesh, graphdef=graphdef,
+      state_shardings={"params": param_shardings, "model_state": model_state_shardings, "ema": param_shardings},
+      abstract_state={"params": params, "model_state": model_state, "ema": params},
+      eval_step=sharding.on_mesh(mesh, jax.jit(
+          eval_step, in_shardings=(param_shardings, model_state_shardings, sharding.batch_sharding(mesh),
+                                   sharding.replicated(mesh)), out_shardings=sharding.replicated(mesh))))
+
+
+def build_trainer(config, method, mesh):
+  evaluator = build_evaluator(method, mesh)
+  graphdef, param_shardings = evaluator.graphdef, evaluator.state_shardings["params"]
   tx, lr_schedule = make_optimizer(config.optim, config.train.steps, method.lr_scales)
   seed = config.seed
   ema_decay = config.optim.ema_decay
@@ -87,13 +116,9 @@ def build_trainer(config, method, mesh):
             "opt_state": tx.init(params), "ema": params}
 
   abstract_state = jax.eval_shape(init)
-  state_shardings = {
-      "step": sharding.replicated(mesh),
-      "params": param_shardings,
-      "model_state": model_state_shardings,
-      "ema": param_shardings,
-      "opt_state": optimizer_state_shardings(tx, abstract_state["opt_state"], param_shardings, mesh),
-  }
+  state_shardings = dict(
+      evaluator.state_shardings, step=sharding.replicated(mesh),
+      opt_state=optimizer_state_shardings(tx, abstract_state["opt_state"], param_shardings, mesh))
 
   def grads_and_metrics(params, model_state, x0, key, step):
     def loss_fn(params):
@@ -147,25 +172,15 @@ def build_trainer(config, method, mesh):
                                {k: state[k] for k in new_state})
     return dict(new_state, step=state["step"] + 1), metrics
 
-  pad_id = getattr(method, "pad_id", None)  # only methods that accept padded data have one
-
-  def eval_step(params, model_state, batch, key):
-    per_sequence = method.nelbo(nnx.merge(graphdef, params, model_state), batch, key)
-    sums = {name: value.astype(jnp.float32).sum() for name, value in per_sequence.items()}
-    tokens = batch.size if pad_id is None else jnp.sum(batch != pad_id)
-    return dict(sums, tokens=jnp.asarray(tokens, jnp.int32))
-
   batch_sh = sharding.batch_sharding(mesh)
   rep = sharding.replicated(mesh)
   return Trainer(
-      mesh=mesh, graphdef=graphdef,
-      state_shardings=state_shardings, abstract_state=abstract_state,
+      mesh=mesh, graphdef=graphdef, state_shardings=state_shardings, abstract_state=abstract_state,
+      eval_step=evaluator.eval_step,
       init=sharding.on_mesh(mesh, jax.jit(init, out_shardings=state_shardings)),
       train_step=sharding.on_mesh(mesh, jax.jit(
           train_step, in_shardings=(state_shardings, batch_sh),
-          out_shardings=(state_shardings, rep), donate_argnums=0)),
-      eval_step=sharding.on_mesh(mesh, jax.jit(
-          eval_step, in_shardings=(param_shardings, model_state_shardings, batch_sh, rep), out_shardings=rep)))
+          out_shardings=(state_shardings, rep), donate_argnums=0)))
 
 
 def optimizer_state_shardings(tx, abstract_opt_state, param_shardings, mesh):

@@ -6,7 +6,7 @@ import pytest
 from flax import nnx
 
 from ladd.diffusion.sampling import SamplerSettings
-from ladd.evaluate import evaluate
+from ladd.evaluation import evaluate
 from ladd.generate import sample
 from ladd.job import build_job
 from tests.helpers import tiny_config

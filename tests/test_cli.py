@@ -1,19 +1,24 @@
 """Entry points end to end, every shipped config, and bad input handled cleanly."""
 
+import ast
 import glob
 import importlib
 import json
 import os
+import shutil
 import subprocess
+import sys
 
 import jax
+import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from ladd import sharding
-from ladd.job import validate
+from ladd.job import load_trained, validate
 from ladd.methods import build_method
-from ladd.trainer import build_trainer
-from tests.helpers import ROOT, entry_point, snapshot, subprocess_env
+from ladd.trainer import Evaluator, build_trainer
+from tests.helpers import ROOT, entry_point, host_tree, snapshot, subprocess_env
 
 CONFIGS = [(os.path.basename(p)[:-3], v)
            for p in sorted(glob.glob(os.path.join(ROOT, "configs", "*.py"))) if not p.endswith("__init__.py")
@@ -28,6 +33,30 @@ def test_every_shipped_config_builds(name, variant):
   vocab = config.data.vocab_size or (2 if config.data.source == "binsaw" else config.data.bpe_vocab_size)
   trainer = build_trainer(config, build_method(config, vocab), mesh)  # abstract: nothing is allocated
   assert jax.tree.leaves(trainer.abstract_state["params"])
+
+
+# Every module run as `python -m ladd.X`: the ones with a __main__ block.
+ENTRY_POINTS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "ladd", "*.py"))
+                      if 'if __name__ == "__main__":' in open(p).read())
+
+
+def test_entry_points_hold_flags_and_main_only():
+  """The work an entry point does lives in modules without flags, which library code,
+  experiments and tests import; an entry point's only function is main."""
+  assert {"train", "sample", "evaluate", "prepare", "compile", "sweep"} <= set(ENTRY_POINTS)
+  for name in ENTRY_POINTS:
+    with open(os.path.join(ROOT, "ladd", f"{name}.py")) as f:
+      tree = ast.parse(f.read())
+    defined = [node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
+    assert defined == ["main"], f"ladd/{name}.py defines {defined}"
+
+
+def test_entry_points_import_together():
+  """absl refuses a flag defined twice in one process: shared flags live in ladd/flags.py."""
+  code = "import " + ", ".join(f"ladd.{name}" for name in ENTRY_POINTS)
+  result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=subprocess_env(1),
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
 
 
 def run(module, *args, devices=1):
@@ -136,6 +165,35 @@ def test_bad_sample_and_evaluate_input(trained, module, flags, expected):
   assert result.returncode != 0 and expected in result.stderr, result.stderr[-2000:]
   assert "Traceback" not in result.stderr
   assert snapshot(trained) == before
+
+
+def by_path(tree):
+  """{"a/0/b": leaf}: orbax restores list indices as string keys, nnx keeps them as ints."""
+  return {jax.tree_util.keystr(path, simple=True, separator="/"): leaf
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def test_loading_for_sampling_builds_no_optimizer_and_reads_no_optimizer_state(trained, tmp_path, monkeypatch):
+  """A checkpoint whose train state has no optimizer state at all (rewritten without it)
+  still loads raw and EMA parameters, with the optimizer unbuildable."""
+  workdir = str(tmp_path / "run")
+  shutil.copytree(trained, workdir)
+  for item in glob.glob(os.path.join(workdir, "checkpoints", "*", "state")):  # every step: none to fall back on
+    state = ocp.StandardCheckpointer().restore(item)
+    shutil.rmtree(item)
+    writer = ocp.StandardCheckpointer()
+    writer.save(item, {k: v for k, v in state.items() if k != "opt_state"})
+    writer.wait_until_finished()
+  monkeypatch.setattr("ladd.trainer.make_optimizer", lambda *args: pytest.fail("loading built an optimizer"))
+  job, step, params, _ = load_trained(workdir, which="raw")
+  assert str(step) == os.path.basename(os.path.dirname(item)) == "4"  # the newest, last rewritten
+  restored, saved = by_path(host_tree(params)), by_path(state["params"])
+  assert restored.keys() == saved.keys()
+  for path, value in saved.items():
+    np.testing.assert_array_equal(restored[path], value, err_msg=path)
+  assert isinstance(job.trainer, Evaluator) and "opt_state" not in job.trainer.abstract_state
+  _, _, ema, _ = load_trained(workdir, which="ema")
+  assert jax.tree.structure(ema) == jax.tree.structure(params)
 
 
 def test_missing_checkpoint_is_one_clear_line(tmp_path):

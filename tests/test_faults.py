@@ -127,7 +127,7 @@ def test_killed_and_preempted_runs_resume_to_the_uninterrupted_result(tmp_path):
   SIGTERM, then to the end: parameters, EMA, optimiser, data position and metrics equal
   an uninterrupted run's bit for bit; sample and evaluate then skip a damaged step too."""
   from configs import binsaw
-  from ladd.train import train
+  from ladd.train_loop import train
   config = binsaw.get_config("tiny")
   config.train.update(steps=10, checkpoint_every=1, log_every=1, eval_every=5, keep_checkpoints=3)
   straight = str(tmp_path / "straight")

@@ -15,14 +15,14 @@ from jax.flatten_util import ravel_pytree
 
 from configs import ladd_binsaw, ladd_shakespeare
 from ladd.diffusion.sampling import SamplerSettings
-from ladd.evaluate import evaluate
+from ladd.evaluation import evaluate
 from ladd.generate import sample
 from ladd.job import load_trained
 from ladd.methods import build_method
 from ladd.nstep_bound import evaluate_nstep_bounds
-from ladd.train import train
+from ladd.train_loop import train
 from ladd.trainer import make_optimizer
-from tests.helpers import ROOT, entry_point, subprocess_env
+from tests.helpers import ROOT, entry_point, snapshot, subprocess_env
 
 VARIANTS = ("co_joint", "co_seq", "di_joint", "di_seq")
 
@@ -229,3 +229,27 @@ def test_sample_entry_point_records_both_step_counts(trained):
   assert record["nfe"] == {("co_ladd", True): 6, ("di_ladd", False): 3}[job.method.name, sequential]
   assert (record["seed"], record["temperature"], record["dtype"]) == (4, 1.0, job.config.model.dtype)
   assert record["latent_schedule"] == job.config.latent.schedule and record["bound"] == job.method.bound_statement
+
+
+# A switch per fixture run that changes parameter shapes only: the latent's width, or the
+# time embedding of the token time (its MLP exists only with time conditioning).
+SHAPE_CHANGES = {
+    "co_seq": (["--config.latent.dim=8"], "ema/params/denoiser/latent_head/proj/bias: checkpoint float32[32] vs config float32[8]"),
+    "di_joint": (["--config.model.time_conditioning=True"], "ema/params/denoiser/time_x/fc1/bias float32[16] not in the checkpoint"),
+}
+
+
+def test_resume_with_other_parameter_shapes_is_one_line_naming_them(trained):
+  job, _, _, workdir = trained
+  variant = job.method.name.split("_")[0] + ("_seq" if job.config.latent.schedule == "sequential" else "_joint")
+  changed, expected = SHAPE_CHANGES[variant]
+  before = snapshot(workdir)
+  result = subprocess.run(entry_point(
+      "ladd.train", f"--config=configs/ladd_binsaw.py:{variant}_tiny", f"--workdir={workdir}",
+      "--config.train.steps=2", "--config.train.checkpoint_every=2", "--config.train.eval_every=2", *changed),
+      cwd=ROOT, env=subprocess_env(1), capture_output=True, text=True, timeout=300)
+  errors = [line for line in result.stderr.splitlines() if "error" in line]
+  assert result.returncode == 2 and len(errors) == 1, result.stderr[-2000:]
+  assert errors[0].startswith("ladd.train: error: checkpoint step 2 in ") and "incompatible with the config" in errors[0]
+  assert expected in errors[0], errors[0]
+  assert "Traceback" not in result.stderr and snapshot(workdir) == before

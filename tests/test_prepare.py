@@ -14,7 +14,7 @@ from ladd.data import build_dataset
 from ladd.data.errors import DataError
 from ladd.data.prepare import Plan, prepare
 from ladd.diffusion.masking import mask_tokens
-from ladd.evaluate import evaluate
+from ladd.evaluation import evaluate
 from ladd.job import build_job
 from tests.helpers import ROOT, entry_point, subprocess_env
 

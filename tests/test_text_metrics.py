@@ -9,7 +9,7 @@ import pytest
 
 from ladd.data.shakespeare import load_shakespeare
 from ladd.data.zero_shot import zero_shot_dataset
-from ladd.evaluate import evaluate
+from ladd.evaluation import evaluate
 from ladd.job import load_trained
 from ladd.text_metrics import Judge, repeated_ngrams, sample_metrics, unigram_entropy
 from tests.helpers import ROOT, entry_point, subprocess_env

@@ -17,7 +17,7 @@ from jax.sharding import PartitionSpec as P
 from ladd import sharding
 from ladd.job import build_job
 from ladd.methods import build_method
-from ladd.train import train
+from ladd.train_loop import train
 from ladd.trainer import build_trainer, evaluate_nelbo
 from tests.helpers import NETWORKS, host_tree, method_config, tiny_config
 

@@ -13,7 +13,7 @@ from configs import toys as toy_configs
 from ladd import sharding
 from ladd.diffusion import gaussian_latent, masking
 from ladd.diffusion.sampling import SamplerSettings
-from ladd.evaluate import evaluate, exact_sample_metrics
+from ladd.evaluation import evaluate, exact_sample_metrics
 from ladd.methods import build_method
 from ladd.methods.vmd import argmax_log_probs
 from ladd.trainer import build_trainer

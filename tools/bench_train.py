@@ -14,16 +14,14 @@ import jax
 import numpy as np
 from absl import app
 from absl import flags as absl_flags
-from ml_collections import config_flags
 
 from ladd import aot, flags, metrics, sharding
 from ladd.job import validate
 from ladd.methods import build_method
 from ladd.trainer import build_trainer
 
-CONFIG = config_flags.DEFINE_config_file("config", "configs/shakespeare.py:base", "Config to benchmark.", lock_config=True)
 VOCAB = absl_flags.DEFINE_integer("vocab_size", 0, "Vocabulary size (default: data.vocab_size or data.bpe_vocab_size).")
-STEPS = absl_flags.DEFINE_integer("steps", 10, "Timed steps after two warm-up steps.")
+TIMED_STEPS = absl_flags.DEFINE_integer("timed_steps", 10, "Timed steps after two warm-up steps.")
 
 
 def measure(config, vocab_size, steps):
@@ -62,9 +60,11 @@ def measure(config, vocab_size, steps):
 
 def main(argv):
   del argv
-  config = CONFIG.value
+  config = flags.CONFIG.value  # the entry points' --config
+  if config is None:
+    raise app.UsageError("--config is required, e.g. --config=configs/shakespeare.py:base")
   vocab = VOCAB.value or config.data.vocab_size or config.data.bpe_vocab_size
-  print(json.dumps(measure(config, vocab, STEPS.value)), flush=True)
+  print(json.dumps(measure(config, vocab, TIMED_STEPS.value)), flush=True)
 
 
 if __name__ == "__main__":
