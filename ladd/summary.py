@@ -8,12 +8,17 @@ itself (the autoregressive method): its perplexity is `ppl`, not a bound. Every 
 bound and bits per token (and per character on text): `ppl_bound`, `bits_per_token`,
 `bits_per_char` for "nelbo", `<name>_ppl_bound` etc. for any other bound (e.g. the N-step
 bounds "nelbo_nstep_4"). Call it once per estimator (each with its own counts) and merge.
+
+Totals from ladd.trainer.evaluate_nelbo also carry `draws` and `nelbo_squares`, and the
+NELBO gets its Monte Carlo standard error, `nelbo_per_sequence_stderr` (and per token):
+each draw (one t for one sequence) counts as independent; t is stratified across a batch,
+which only lowers the true spread, so the figure errs high.
 """
 
 import math
 
 KINDS = ("exact", "bound", "objective", "diagnostic")
-COUNTS = ("sequences", "tokens")
+COUNTS = ("sequences", "tokens", "draws", "nelbo_squares")
 
 
 def bound_key(name, metric):
@@ -42,6 +47,11 @@ def summarize(totals, quantities, chars_per_token=0.0):
       out[bound_key(name, "bits_per_token")] = per_token / math.log(2)
       if chars_per_token:
         out[bound_key(name, "bits_per_char")] = per_token / math.log(2) / chars_per_token
+  if "nelbo_squares" in totals:
+    mean = totals["nelbo"] / sequences
+    spread = max(totals["nelbo_squares"] / totals["draws"] - mean * mean, 0.0)
+    out["nelbo_per_sequence_stderr"] = math.sqrt(spread / totals["draws"])
+    out["nelbo_per_token_stderr"] = out["nelbo_per_sequence_stderr"] * sequences / tokens
   out["kinds"] = kinds
   return out
 

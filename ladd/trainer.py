@@ -88,7 +88,8 @@ def build_evaluator(method, mesh):
     per_sequence = method.nelbo(nnx.merge(graphdef, params, model_state), batch, key)
     sums = {name: value.astype(jnp.float32).sum() for name, value in per_sequence.items()}
     tokens = batch.size if pad_id is None else jnp.sum(batch != pad_id)
-    return dict(sums, tokens=jnp.asarray(tokens, jnp.int32))
+    squares = jnp.square(per_sequence["nelbo"].astype(jnp.float32)).sum()  # for the estimate's standard error
+    return dict(sums, nelbo_squares=squares, tokens=jnp.asarray(tokens, jnp.int32))
 
   return Evaluator(
       mesh=mesh, graphdef=graphdef,
@@ -194,17 +195,20 @@ def evaluate_nelbo(trainer, params, model_state, batches, seed, t_samples=1):
   """Sum of per-sequence NELBO over held-out batches (each with t_samples draws of t).
 
   Returns a dict of float64 totals keyed like the method's nelbo output, plus
-  `sequences` and `tokens` (padding excluded).
+  `sequences` and `tokens` (padding excluded), and `draws` (sequences x t_samples) with
+  `nelbo_squares`, the sum of every draw's squared per-sequence NELBO (ladd.summary turns
+  them into the estimate's standard error).
   """
-  totals, sequences, tokens = {}, 0, 0
+  totals, sequences, tokens, squares = {}, 0, 0, 0.0
   key = jax.random.key(seed)
   for i, local_batch in enumerate(batches):
     batch = sharding.global_batch(local_batch, trainer.mesh)
     for j in range(t_samples):
       sums = trainer.eval_step(params, model_state, batch, jax.random.fold_in(key, i * t_samples + j))
       batch_tokens = int(sums.pop("tokens"))  # padding is not counted
+      squares += float(sums.pop("nelbo_squares"))
       for name, value in sums.items():
         totals[name] = totals.get(name, 0.0) + float(value) / t_samples
     sequences += batch.shape[0]
     tokens += batch_tokens
-  return dict(totals, sequences=sequences, tokens=tokens)
+  return dict(totals, sequences=sequences, tokens=tokens, draws=sequences * t_samples, nelbo_squares=squares)

@@ -287,6 +287,20 @@ def test_summary_prints_perplexity_and_bits_only_for_bounds():
     summary.summarize(totals, {"nelbo": "estimate"})
 
 
+def test_summary_standard_error_is_the_spread_of_the_draws():
+  """Three sequences, two draws each: the per-sequence NELBO is the mean of a sequence's
+  draws, and its standard error is the draws' standard deviation over sqrt(6)."""
+  draws = np.array([[3.0, 5.0], [4.0, 8.0], [1.0, 3.0]])
+  totals = {"nelbo": draws.mean(axis=1).sum(), "sequences": 3, "tokens": 12, "draws": 6,
+            "nelbo_squares": np.square(draws).sum()}
+  out = summary.summarize(totals, {"nelbo": "bound"})
+  assert out["nelbo_per_sequence"] == pytest.approx(draws.mean())
+  assert out["nelbo_per_sequence_stderr"] == pytest.approx(draws.std() / math.sqrt(6))
+  assert out["nelbo_per_token_stderr"] == pytest.approx(draws.std() / math.sqrt(6) / 4)
+  assert "nelbo_per_sequence_stderr" not in summary.summarize(
+      {k: totals[k] for k in ("nelbo", "sequences", "tokens")}, {"nelbo": "bound"})
+
+
 def test_decoder_term_matches_its_monte_carlo_value():
   s = gaussian.GaussianSchedule("sqrt", eps=1e-2)
   t = 0.01

@@ -14,7 +14,7 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from ladd import sharding
+from ladd import sharding, summary
 from ladd.job import build_job
 from ladd.methods import build_method
 from ladd.train_loop import train
@@ -203,6 +203,11 @@ def test_fresh_model_perplexity_is_vocabulary_size(tmp_path):
   # that is 0.33%, so 1.2% is a 3.5-sigma band on log-perplexity.
   assert totals["sequences"] == 8192
   assert totals["nelbo"] / totals["tokens"] == pytest.approx(np.log(job.dataset.vocab_size), rel=0.012)
+  # the reported standard error describes that spread: the estimate is within 4 of them
+  reported = summary.summarize(totals, job.method.quantities)
+  stderr = reported["nelbo_per_token_stderr"]
+  assert 0 < stderr < 0.01 * np.log(job.dataset.vocab_size)
+  assert abs(reported["nelbo_per_token"] - np.log(job.dataset.vocab_size)) < 4 * stderr
 
 
 def test_short_binsaw_run_sits_between_entropy_and_independent_bits(tmp_path):
