@@ -14,6 +14,8 @@ PEAK_FLOPS = {
     "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
     "TPU v5": 459e12, "TPU v6 lite": 918e12, "TPU v6e": 918e12,
 }
+# Row columns that measure the machine, not the run: two runs of the same training differ only here.
+TIMING_KEYS = frozenset({"time", "tokens_per_sec_per_device", "step_time_s", "data_wait_s", "mfu"})
 
 
 def peak_flops_per_device(override_tflops=0.0):

@@ -25,7 +25,6 @@ import time
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TIMING = {"time", "tokens_per_sec_per_device", "step_time_s", "mfu"}
 
 
 def train_args(args, workdir):
@@ -119,8 +118,9 @@ def final_state(workdir, step):
 
 
 def rows(workdir):
+  from ladd.metrics import TIMING_KEYS  # after main() has chosen the JAX platform
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [{k: v for k, v in json.loads(line).items() if k not in TIMING} for line in f]
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS} for line in f]
 
 
 def identical(a, b, steps):
