@@ -272,7 +272,7 @@ def test_char_tokenizer_round_trip_and_unknown(tmp_path):
 
 def test_bpe_tokenizer_round_trip_and_reload(tmp_path):
   # Chunk boundaries (every 2000 lines) fall inside runs of whitespace here.
-  text = "spaces   \n\n" * 3000 + load_shakespeare(EVAL_PLAYS)[1][:100_000]
+  text = "spaces   \n\n" * 3000 + "\n".join(load_shakespeare(EVAL_PLAYS)[1])[:100_000]
   text += "café — naïve ✓\n"
   tokenizer = BpeTokenizer.train(text, vocab_size=400)
   ids = tokenizer.encode(text)
@@ -294,7 +294,7 @@ def test_text_tokenizer_is_saved_then_reused(tmp_path, kind):
   work = tmp_path / "work"
   first = build_dataset(cfg, str(work))
   assert {p.name for p in work.iterdir()} == {"tokenizer.json", "tokens_train.npy",
-                                              "tokens_eval.npy"}
+                                              "tokens_eval.npy", "tokens.json"}
   corpus.write_text("ZYXWVUTSRQ different text\n" * 400)  # must not retrain
   (work / "tokens_eval.npy").unlink()  # must be recomputed
   second = build_dataset(cfg, str(work))
@@ -321,7 +321,7 @@ def test_markdown_to_text():
 
 
 def test_shakespeare_holds_out_whole_plays():
-  train, held_out = load_shakespeare(EVAL_PLAYS)
+  train, held_out = ("\n".join(plays) for plays in load_shakespeare(EVAL_PLAYS))
   for line in ("To be, or not to be", "Full fathom five", "If music be the food"):
     assert line in held_out and line not in train
   assert "Out, damned spot" in train and "Out, damned spot" not in held_out
@@ -342,7 +342,8 @@ def test_shakespeare_default_builds(shakespeare):
   assert 60 < ds.vocab_size < 100
   batch = next(ds.train_iterator(0, 1, 8))
   assert batch.shape == (8, 256) and batch.dtype == np.int32
-  train, held_out = load_shakespeare(EVAL_PLAYS)
+  train, held_out = ("".join(play + "\n" for play in plays)  # a newline ends each play
+                     for plays in load_shakespeare(EVAL_PLAYS))
   assert ds.decode(batch[0]) in train  # windows are contiguous text
   first_eval = next(ds.eval_batches(0, 1, 2))
   assert held_out.startswith(ds.decode(first_eval[0]) + ds.decode(first_eval[1]))
@@ -350,7 +351,7 @@ def test_shakespeare_default_builds(shakespeare):
       batch[0, 1:4])
 
 
-CACHE_FILES = ("tokenizer.json", "tokens_train.npy", "tokens_eval.npy")
+CACHE_FILES = ("tokenizer.json", "tokens_train.npy", "tokens_eval.npy", "tokens.json")
 
 
 def test_shakespeare_rebuild_reads_the_cache_and_does_not_tokenise_again(shakespeare, tmp_path):
@@ -366,7 +367,7 @@ def test_shakespeare_rebuild_reads_the_cache_and_does_not_tokenise_again(shakesp
   for name in CACHE_FILES:
     os.utime(tmp_path / name, ns=(past, past))
   again = build_dataset(data_cfg(), str(tmp_path))
-  assert [os.stat(tmp_path / name).st_mtime_ns for name in CACHE_FILES] == [past] * 3
+  assert [os.stat(tmp_path / name).st_mtime_ns for name in CACHE_FILES] == [past] * len(CACHE_FILES)
   np.testing.assert_array_equal(again.eval_examples[0], eval_tokens[::-1][:256])
   np.testing.assert_array_equal(again.train_examples[3], ds.train_examples[3])
   assert again.tokenizer.chars == ds.tokenizer.chars
@@ -379,15 +380,16 @@ def test_text_directory_with_held_out_tail(tmp_path):
   (tmp_path / "b").mkdir()
   (tmp_path / "a.txt").write_text("first file. " * 300)
   (tmp_path / "b" / "c.txt").write_text("second file! " * 300)
-  text = ("first file. " * 300) + "\n" + ("second file! " * 300)
+  first, second = "first file. " * 300, "second file! " * 300  # one document per file
   ds = build_dataset(data_cfg(source="text", path=str(tmp_path), tokenizer="bpe",
                               bpe_vocab_size=270, seq_len=8, eval_batch_size=2), None)
-  cut = len(text) - int(len(text) * 0.05)
+  cut = len(first + second) - int(len(first + second) * 0.05) - len(first)  # in the second
   train_tokens = np.concatenate([ds.train_examples[i]
                                  for i in range(len(ds.train_examples))])
   eval_tokens = np.concatenate([ds.eval_examples[i] for i in range(len(ds.eval_examples))])
-  assert text[:cut].startswith(ds.tokenizer.decode(train_tokens))
-  assert text[cut:].startswith(ds.tokenizer.decode(eval_tokens))
+  # A trained BPE has no end-of-text id: a newline ends each document (or piece of one).
+  assert f"{first}\n{second[:cut]}\n".startswith(ds.tokenizer.decode(train_tokens))
+  assert f"{second[cut:]}\n".startswith(ds.tokenizer.decode(eval_tokens))
   assert not ds.is_character_level and ds.chars_per_token > 1.5
   assert ds.chars_per_token == len(ds.tokenizer.decode(eval_tokens)) / len(eval_tokens)
   assert "[MASK]" in ds.decode(np.array([ds.vocab_size, 5]))

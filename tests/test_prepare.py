@@ -122,3 +122,40 @@ def test_padded_gpt2_shards_from_tfds_train_and_never_count_padding(tiny_tfds, t
   wrong.update(tokenizer="bpe")
   with pytest.raises(DataError, match="data.tokenizer='gpt2'"):
     build_dataset(wrong, None)
+
+
+def test_text_tokenised_in_the_run_is_joined_by_eos_as_prepare_joins_it(tmp_path):
+  corpus = tmp_path / "corpus"
+  for directory, name, text in (("a_train", "0.txt", "First document.\n"),
+                                ("a_train", "1.txt", "Second one, no newline"),
+                                ("b_eval", "2.txt", "The held-out document. " * 3)):
+    (corpus / directory).mkdir(parents=True, exist_ok=True)
+    (corpus / directory / name).write_text(text)
+  cfg = prepared_config(tmp_path, "ar").data
+  cfg.update(source="text", path=str(corpus / "a_train"), eval_path=str(corpus / "b_eval"),
+             seq_len=4, eval_batch_size=1)
+  work = tmp_path / "work"
+  in_run = build_dataset(cfg, str(work))
+  gpt2 = in_run.tokenizer
+  stream = np.load(work / "tokens_train.npy")
+  expected = [*gpt2.encode("First document.\n"), 50256, *gpt2.encode("Second one, no newline"), 50256]
+  assert stream.tolist() == expected and np.sum(stream == 50256) == 2  # one EOS after each document
+  manifest = prepare(Plan(source=str(corpus), tokenizer="gpt2", seq_len=4, held_out_documents=1),
+                     str(tmp_path / "prepared"), workers=1, log=lambda line: None)
+  cfg.update(source="prepared", path=str(tmp_path / "prepared"), eval_path="")
+  prepared = build_dataset(cfg, None)
+  for split in ("train_examples", "eval_examples"):
+    ours, theirs = getattr(in_run, split), getattr(prepared, split)
+    assert len(ours) == len(theirs) > 0
+    np.testing.assert_array_equal(np.stack(list(ours)), np.stack(list(theirs)))
+  assert manifest["splits"]["eval"]["documents"] == 1
+  # Characters per token count an EOS as a token with no characters, as the manifest does.
+  covered = np.load(work / "tokens_eval.npy")[:len(in_run.eval_examples) * 4]
+  assert 50256 in covered
+  assert in_run.chars_per_token == len(gpt2.decode(covered[covered != 50256])) / len(covered)
+  # A cache written before documents were joined by EOS (no tokens.json) is tokenised again.
+  np.save(work / "tokens_train.npy", stream[stream != 50256])
+  (work / "tokens.json").unlink()
+  cfg.update(source="text", path=str(corpus / "a_train"), eval_path=str(corpus / "b_eval"))
+  build_dataset(cfg, str(work))
+  np.testing.assert_array_equal(np.load(work / "tokens_train.npy"), stream)

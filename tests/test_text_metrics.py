@@ -100,8 +100,10 @@ def test_evaluate_scores_a_samples_file(judge, held_out, tmp_path):
 def test_zero_shot_reports_what_the_tokenizer_cannot_represent(judge, held_out, tmp_path):
   _, job, _, _ = judge
   _, plays = load_shakespeare(job.config.data.eval_plays)
-  (tmp_path / "plays.txt").write_text(plays)
-  plays_job = dataclasses.replace(job, dataset=zero_shot_dataset(job.dataset, str(tmp_path / "plays.txt"))[0])
+  (tmp_path / "plays").mkdir()
+  for i, play in enumerate(plays):  # one document per file, as in training
+    (tmp_path / "plays" / f"{i:02d}.txt").write_text(play)
+  plays_job = dataclasses.replace(job, dataset=zero_shot_dataset(job.dataset, str(tmp_path / "plays"))[0])
   result = evaluate(plays_job, *judge[3], 16, 1, 0)
   np.testing.assert_allclose(result["ppl"], held_out[0]["ppl"], rtol=1e-5)  # the same text
   seen = set(job.dataset.tokenizer.chars)
@@ -110,7 +112,8 @@ def test_zero_shot_reports_what_the_tokenizer_cannot_represent(judge, held_out, 
   dataset, report = zero_shot_dataset(job.dataset, str(tmp_path / "odd.txt"))
   unseen = sum(c not in seen for c in text)
   assert unseen >= 9 and report["unrepresentable_characters"] == report["unknown_tokens"] == unseen
-  assert report["tokens"] == len(text) and len(dataset.eval_examples) == len(text) // 32
+  # A character tokenizer ends the document with a newline.
+  assert report["tokens"] == len(text) + 1 and len(dataset.eval_examples) == (len(text) + 1) // 32
 
 
 def test_sweep_writes_the_frontier(judge, tmp_path):

@@ -74,15 +74,18 @@ def _text_dataset(cfg, workdir: Path | None, corpus: TextCorpus) -> Dataset:
 
 
 def _shakespeare(cfg, workdir: Path | None) -> Dataset:
-  return _text_dataset(cfg, workdir, InMemoryCorpus(*load_shakespeare(cfg.eval_plays)))
+  train, held_out = load_shakespeare(cfg.eval_plays)
+  return _text_dataset(cfg, workdir, InMemoryCorpus(tuple(train), tuple(held_out)))
 
 
 def _text(cfg, workdir: Path | None) -> Dataset:
-  text = read_text_path(cfg.path)
+  """One document per .txt file (as ladd.prepare's default)."""
+  documents = read_text_path(cfg.path)
   if cfg.eval_path:
-    corpus = InMemoryCorpus(text, read_text_path(cfg.eval_path))
+    train, held_out = documents, read_text_path(cfg.eval_path)
   else:
-    corpus = InMemoryCorpus(*split_off_tail(text))
+    train, held_out = split_off_tail(documents)
+  corpus = InMemoryCorpus(tuple(train), tuple(held_out))
   return _text_dataset(cfg, workdir, corpus)
 
 

