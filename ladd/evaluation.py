@@ -4,6 +4,7 @@ bounds, N-step bounds, exact sample metrics of sources with a known joint, and t
 metrics of samples under a judge, and the solve rate of Sudoku puzzles."""
 
 import dataclasses
+import functools
 import json
 import os
 
@@ -63,10 +64,11 @@ def configured_settings(sample_cfg, **overrides):
   return SamplerSettings(**dict({name: sample_cfg[name] for name in names}, **overrides))
 
 
-def sudoku_puzzles(data_cfg, count, clues):
+@functools.lru_cache(maxsize=8)  # pure-Python search, seconds per set: made once per process
+def sudoku_puzzles(shuffle_seed, pool_size, count, clues):
   """(puzzles, solutions) [count, 81]: a fixed set made from the held-out split's grid pool
-  (seeded by data.shuffle_seed, like the split), so training never saw their grids."""
-  return sudoku.puzzles(data_cfg.shuffle_seed, count, clues, data_cfg.sudoku_pool)
+  (data.shuffle_seed and data.sudoku_pool, as the split), so training never saw their grids."""
+  return sudoku.puzzles(shuffle_seed, count, clues, pool_size)
 
 
 def solve_metrics(boards, puzzles, solutions):
@@ -103,7 +105,7 @@ def sudoku_report(job, params, model_state, steps_list, count=None, clues=None, 
   clues = eval_cfg["sudoku_clues"] if clues is None else clues
   if count < 1:
     raise ValueError(f"--sudoku_puzzles must be >= 1, got {count}")
-  puzzles, solutions = sudoku_puzzles(job.config.data, count, clues)
+  puzzles, solutions = sudoku_puzzles(job.config.data.shuffle_seed, job.config.data.sudoku_pool, count, clues)
   settings = [configured_settings(sample_cfg, steps=n, **overrides) for n in steps_list]
   rates = sudoku_solve_rates(job, params, model_state, settings, puzzles, solutions, sample_cfg["seed"])
   report = {"puzzles": count, "clues": clues, "puzzle_seed": job.config.data.shuffle_seed,
