@@ -100,7 +100,8 @@ def default_config():
                   latent_init="prior",  # latent drawn before the tokens: prior | encoder (LADD) | resample (VMD)
                   latent_candidates=16)  # resample: prior draws weighed by the clamped tokens' likelihood
   c.eval = dict(num_batches=0, t_samples=1, seed=0,  # num_batches 0 = the whole held-out split
-                exact_samples=20000, exact_bins=32)  # exact-joint sources: samples drawn, 2D metric bins
+                exact_samples=20000, exact_bins=32,  # exact-joint sources: samples drawn, 2D metric bins
+                sudoku_puzzles=128, sudoku_clues=36)  # sudoku: held-out puzzles solved, clues per puzzle
   return c
 
 

@@ -7,7 +7,11 @@ diagnostic, from the method), and only where it is a bound the perplexity bound
 exp(NELBO/token), bits per token and bits per character for text (ladd.summary), and the
 estimator used; with `--bound_steps=N[,N...]` also the N-step bound of the N-step
 sampler at each N (one printed line each, and "nstep_bounds"). Sources with a known joint (toys) also
-get exact sample metrics at each `--sample_steps` count and `<workdir>/exact_densities.png`.
+get exact sample metrics at each `--sample_steps` count and `<workdir>/exact_densities.png`;
+Sudoku work directories get the solve rate ("sudoku"): `--sudoku_puzzles` held-out puzzles
+with `--sudoku_clues` clues each, sampled once per `--sample_steps` count with the clues
+clamped (sampler settings from config sample, `--latent_init` for VMD / sequential LADD),
+each reported as sudoku_solved, sudoku_valid, sudoku_cells_correct and the sampler record.
 The autoregressive method's NELBO is its exact NLL: it reports `ppl`, a true perplexity.
 
 `--data=PATH` evaluates on another corpus (zero-shot) with the checkpoint's tokenizer and
@@ -25,7 +29,7 @@ from absl import flags as absl_flags
 from ladd import checkpoint, flags, nstep_bound
 from ladd.data.zero_shot import zero_shot_dataset
 from ladd.errors import one_line_errors
-from ladd.evaluation import evaluate, exact_sample_metrics, nstep_bounds, score_samples
+from ladd.evaluation import evaluate, exact_sample_metrics, nstep_bounds, score_samples, sudoku_report
 from ladd.job import load_trained
 
 NUM_BATCHES = absl_flags.DEFINE_integer("num_batches", None, "Held-out batches (default: config eval.num_batches; 0 = whole split).")
@@ -33,9 +37,11 @@ T_SAMPLES = absl_flags.DEFINE_integer("t_samples", None, "Time samples per seque
 SAMPLES = absl_flags.DEFINE_string("samples", "", "Score this ladd.sample JSONL file (gen-PPL under --judge, entropy, repeated n-grams) instead of a checkpoint's held-out likelihood.")
 DATA = absl_flags.DEFINE_string("data", "", "Zero-shot: evaluate on this .txt file or directory (or prepared shards' eval split) with the checkpoint's tokenizer instead of its own held-out split.")
 BOUND_STEPS = absl_flags.DEFINE_list("bound_steps", [], "Step counts N for the N-step bound of the N-step sampler (e.g. 1,4,16); none by default.")
-SAMPLE_STEPS = absl_flags.DEFINE_list("sample_steps", ["1", "2", "5", "10"], "Step counts for the exact sample metrics of sources with a known joint (toys).")
+SAMPLE_STEPS = absl_flags.DEFINE_list("sample_steps", ["1", "2", "5", "10"], "Step counts for the exact sample metrics of sources with a known joint (toys) and for Sudoku solving.")
+SUDOKU_PUZZLES = absl_flags.DEFINE_integer("sudoku_puzzles", None, "Sudoku: held-out puzzles to solve (default: config eval.sudoku_puzzles).")
+SUDOKU_CLUES = absl_flags.DEFINE_integer("sudoku_clues", None, "Sudoku: clues per puzzle, 17..81 (default: config eval.sudoku_clues).")
 
-for shared in ("seed", "checkpoint_step", "params", "output", "judge"):  # defined in ladd.flags, listed by --helpshort here
+for shared in ("seed", "checkpoint_step", "params", "output", "judge", "latent_init", "latent_candidates"):  # defined in ladd.flags, listed by --helpshort here
   absl_flags.declare_key_flag(shared)
 
 
@@ -64,6 +70,11 @@ def main(argv):
       steps = flags.integers(SAMPLE_STEPS)
       plot = os.path.join(workdir, "exact_densities.png") if jax.process_index() == 0 else None
       result["exact_sample_metrics"], _ = exact_sample_metrics(job, params, model_state, steps, job.config.sample.seed, plot)
+    if job.config.data.source == "sudoku":
+      latent = {name: flag.value for name, flag in (("latent_init", flags.LATENT_INIT),
+                                                    ("latent_candidates", flags.LATENT_CANDIDATES)) if flag.value is not None}
+      result["sudoku"], _ = sudoku_report(job, params, model_state, flags.integers(SAMPLE_STEPS),
+                                       SUDOKU_PUZZLES.value, SUDOKU_CLUES.value, **latent)
     result = dict(job.method.describe(), checkpoint_step=int(step), params=flags.PARAMS.value, **result)
     if zero_shot:
       result["zero_shot"] = zero_shot

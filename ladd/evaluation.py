@@ -1,17 +1,21 @@
 """Evaluating checkpoints and generated text (`ladd.evaluate`, `ladd.sweep`; a module without
 absl flags, so experiments and tests call it directly): the held-out NELBO and what it
 bounds, N-step bounds, exact sample metrics of sources with a known joint, and the text
-metrics of samples under a judge."""
+metrics of samples under a judge, and the solve rate of Sudoku puzzles."""
 
 import dataclasses
+import functools
 import json
 import os
 
 import jax
+import numpy as np
 
 from ladd import checkpoint, exact_metrics, nstep_bound, summary
+from ladd.config import default_config
 from ladd.diffusion.sampling import SamplerSettings
-from ladd.generate import sample
+from ladd.data import sudoku
+from ladd.generate import draw_samples, sample
 from ladd.job import load_trained
 from ladd.metrics import progress
 from ladd.trainer import evaluate_nelbo
@@ -53,6 +57,62 @@ def nstep_bounds(job, params, model_state, steps_list, num_batches, seed, latent
   return nstep_bound.nstep_report(totals, job.method, job.dataset.chars_per_token, latent_steps, seed)
 
 
+def configured_settings(sample_cfg, **overrides):
+  """SamplerSettings from config `sample` (keys newer than a checkpoint's config take
+  their defaults), with `overrides`."""
+  names = {f.name for f in dataclasses.fields(SamplerSettings)} & set(sample_cfg)
+  return SamplerSettings(**dict({name: sample_cfg[name] for name in names}, **overrides))
+
+
+@functools.lru_cache(maxsize=8)  # pure-Python search, seconds per set: made once per process
+def sudoku_puzzles(shuffle_seed, pool_size, count, clues):
+  """(puzzles, solutions) [count, 81]: a fixed set made from the held-out split's grid pool
+  (data.shuffle_seed and data.sudoku_pool, as the split), so training never saw their grids."""
+  return sudoku.puzzles(shuffle_seed, count, clues, pool_size)
+
+
+def solve_metrics(boards, puzzles, solutions):
+  """Fractions of boards that solve their puzzle (`sudoku.solved`), that are valid grids,
+  and of blank cells holding the (unique) solution's digit."""
+  blanks = puzzles == sudoku.BLANK
+  return {"sudoku_solved": float(sudoku.solved(boards, puzzles).mean()),
+          "sudoku_valid": float(sudoku.is_valid(boards).mean()),
+          "sudoku_cells_correct": float((boards == solutions)[blanks].mean())}
+
+
+def sudoku_solve_rates(job, params, model_state, settings_list, puzzles, solutions, seed):
+  """Sudoku solving: every puzzle sampled once with its clues clamped, per sampler setting.
+
+  Returns a list of (metrics, boards [N, 81]) in the order of `settings_list`; metrics
+  holds `solve_metrics` and "sampler": what the sampler used (steps, NFE, latent_init...)."""
+  batch = job.config.data.eval_batch_size
+  out = []
+  for settings in progress(settings_list, len(settings_list), "sudoku sampler settings"):
+    boards, used = draw_samples(job, params, model_state, settings, len(puzzles), batch, seed, clamped=puzzles)
+    out.append((dict(solve_metrics(boards, puzzles, solutions), sampler=used), boards))
+  return out
+
+
+def sudoku_report(job, params, model_state, steps_list, count=None, clues=None, **overrides):
+  """ladd.evaluate on Sudoku: `count` held-out puzzles of `clues` clues (default config
+  eval.sudoku_puzzles / sudoku_clues) solved at each step count, the sampler set by config
+  sample with `overrides` (e.g. latent_init). Returns {"puzzles", "clues", seeds, "by_steps":
+  {steps: metrics}} and the boards {steps: [count, 81]}."""
+  # eval / sample keys newer than the checkpoint's stored config take their defaults
+  eval_cfg = dict(default_config().eval.to_dict(), **job.config.eval.to_dict())
+  sample_cfg = dict(default_config().sample.to_dict(), **job.config.sample.to_dict())
+  count = eval_cfg["sudoku_puzzles"] if count is None else count
+  clues = eval_cfg["sudoku_clues"] if clues is None else clues
+  if count < 1:
+    raise ValueError(f"--sudoku_puzzles must be >= 1, got {count}")
+  puzzles, solutions = sudoku_puzzles(job.config.data.shuffle_seed, job.config.data.sudoku_pool, count, clues)
+  settings = [configured_settings(sample_cfg, steps=n, **overrides) for n in steps_list]
+  rates = sudoku_solve_rates(job, params, model_state, settings, puzzles, solutions, sample_cfg["seed"])
+  report = {"puzzles": count, "clues": clues, "puzzle_seed": job.config.data.shuffle_seed,
+            "sample_seed": sample_cfg["seed"], "by_steps": {n: metrics for n, (metrics, _) in zip(steps_list, rates)}}
+  return report, {n: boards for n, (_, boards) in zip(steps_list, rates)}
+
+
 def exact_sample_metrics(job, params, model_state, sample_steps, seed, plot_path=None):
   """Sources with a known joint: JS (2D toys) or KL and TV (dependency tasks) of
   config eval.exact_samples samples at each step count, and the sample histograms.
@@ -61,8 +121,7 @@ def exact_sample_metrics(job, params, model_state, sample_steps, seed, plot_path
   `plot_path`, 2D toys also get a PNG of the true and generated densities.
   """
   exact, cfg = job.dataset.exact, job.config
-  settings_fields = {f.name for f in dataclasses.fields(SamplerSettings)} & set(cfg.sample)
-  base = SamplerSettings(**{name: cfg.sample[name] for name in settings_fields})
+  base = configured_settings(cfg.sample)
   num_samples = cfg.eval.exact_samples
   metrics, distributions = {}, {}
   for steps in progress(sample_steps, len(sample_steps), "exact sample metrics (step counts)"):

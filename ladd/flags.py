@@ -22,6 +22,8 @@ SEED = flags.DEFINE_integer("seed", None, "Seed (ladd.sample: default config sam
 STEPS = flags.DEFINE_list("steps", None, "Sampling steps N (ladd.sample: one count, default config sample.steps; ladd.sweep: a comma-separated list, default 4,8,16,32,64,128).")
 NUM_SAMPLES = flags.DEFINE_integer("num_samples", None, "Number of samples (ladd.sample: default config sample.num_samples; ladd.sweep: per setting, default 32).")
 OUTPUT = flags.DEFINE_string("output", "", "ladd.sample: output JSONL (default: <workdir>/samples.jsonl); ladd.evaluate: output JSON (default: <workdir>/eval.json; with --data: <workdir>/eval_<data name>.json); ladd.prepare: output directory for shards and manifest; ladd.sweep: output directory.")
+LATENT_INIT = flags.DEFINE_enum("latent_init", None, ["prior", "encoder", "resample"], "A latent drawn before the tokens, with clamped tokens: prior; encoder of the clamped tokens (sequential LADD); prior draws resampled by the clamps' likelihood (VMD). Default: config sample.latent_init.")
+LATENT_CANDIDATES = flags.DEFINE_integer("latent_candidates", None, "latent_init=resample: prior draws to choose from (default: config sample.latent_candidates).")
 JUDGE = flags.DEFINE_string("judge", "", "Work directory of an autoregressive (method 'ar') checkpoint, or a local GPT-2 directory (config.json + model.safetensors): ladd.evaluate --samples and ladd.sweep score text under it.")
 
 

@@ -34,8 +34,6 @@ LATENT_SAMPLER = absl_flags.DEFINE_enum("latent_sampler", None, ["ddim", "ancest
 TOP_K = absl_flags.DEFINE_integer("top_k", None, "Keep the k most probable tokens per position; 0 = all (default: config sample.top_k).")
 TOP_P = absl_flags.DEFINE_float("top_p", None, "Nucleus: keep the most probable tokens holding this mass; 1 = all (default: config sample.top_p).")
 NOISE_BITS = absl_flags.DEFINE_integer("noise_bits", None, "Random bits per Gumbel draw: 32 (float32 uniform) or 64 (default: config sample.noise_bits).")
-LATENT_INIT = absl_flags.DEFINE_enum("latent_init", None, ["prior", "encoder", "resample"], "A latent drawn before the tokens, with clamped tokens: prior; encoder of the clamped tokens (sequential LADD); prior draws resampled by the clamps' likelihood (VMD).")
-LATENT_CANDIDATES = absl_flags.DEFINE_integer("latent_candidates", None, "latent_init=resample: prior draws to choose from (default: config sample.latent_candidates).")
 PROMPT = absl_flags.DEFINE_string("prompt", "", "Text every sample starts with.")
 SUFFIX = absl_flags.DEFINE_string("suffix", "", "Text every sample ends with.")
 INFILL = absl_flags.DEFINE_string("infill", "", "Template from position 0; each '_' is a generated token, the rest is kept.")
@@ -44,7 +42,7 @@ BLOCK_KEEP = absl_flags.DEFINE_integer("block_keep", None, "Tokens of the previo
 NO_CACHE = absl_flags.DEFINE_bool("no_cache", False, "Call the network at every step even when nothing changed.")
 QUIET = absl_flags.DEFINE_bool("quiet", False, "Do not print the decoded samples.")
 
-for shared in ("steps", "num_samples", "seed", "checkpoint_step", "params", "output"):  # defined in ladd.flags, listed by --helpshort here
+for shared in ("steps", "num_samples", "seed", "checkpoint_step", "params", "output", "latent_init", "latent_candidates"):  # defined in ladd.flags, listed by --helpshort here
   absl_flags.declare_key_flag(shared)
 
 
@@ -65,8 +63,8 @@ def main(argv):
         latent_steps=flags.value_or(LATENT_STEPS, cfg.latent_steps),
         latent_sampler=flags.value_or(LATENT_SAMPLER, cfg.latent_sampler),
         top_k=flags.value_or(TOP_K, cfg.top_k), top_p=flags.value_or(TOP_P, cfg.top_p),
-        noise_bits=flags.value_or(NOISE_BITS, cfg.noise_bits), latent_init=flags.value_or(LATENT_INIT, cfg.latent_init),
-        latent_candidates=flags.value_or(LATENT_CANDIDATES, cfg.latent_candidates))
+        noise_bits=flags.value_or(NOISE_BITS, cfg.noise_bits), latent_init=flags.value_or(flags.LATENT_INIT, cfg.latent_init),
+        latent_candidates=flags.value_or(flags.LATENT_CANDIDATES, cfg.latent_candidates))
     conditioning = {name: flag.value for name, flag in (("prompt", PROMPT), ("suffix", SUFFIX), ("infill", INFILL))
                     if flag.value}
     clamped = clamped_from_text(job.dataset, **conditioning) if conditioning else None

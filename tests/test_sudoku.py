@@ -8,6 +8,9 @@ from ladd.data import sudoku
 from ladd.data.build import build_dataset
 from ladd.data.errors import DataError
 from ladd.diffusion.sampling import FREE
+from ladd.evaluation import solve_metrics, sudoku_report
+from ladd.job import load_trained
+from ladd.train_loop import train
 
 
 @pytest.fixture(scope="module")
@@ -90,3 +93,45 @@ def test_sudoku_source_builds_valid_boards_as_81_digit_tokens():
     build_dataset(config.data, None)
   with pytest.raises(DataError, match="17..81"):
     sudoku.puzzles(0, 1, clues=10)
+
+
+def numpy_solved(board, puzzle):
+  """Independent of sudoku.solved: each row, column and box holds nine distinct digits, and
+  every clue is kept."""
+  g = board.reshape(9, 9)
+  units = [g[r] for r in range(9)] + [g[:, c] for c in range(9)] + \
+          [g[r:r + 3, c:c + 3].ravel() for r in range(0, 9, 3) for c in range(0, 9, 3)]
+  return all(len(set(u.tolist())) == 9 for u in units) and bool(np.all((puzzle == -1) | (board == puzzle)))
+
+
+def test_solve_metrics_known_answers(generated):
+  puzzles, solutions = generated
+  assert solve_metrics(solutions, puzzles, solutions) == {"sudoku_solved": 1.0, "sudoku_valid": 1.0, "sudoku_cells_correct": 1.0}
+  wrong = solutions[:3].copy()
+  wrong[:, 0] = (wrong[:, 0] + 1) % 9  # broken at one cell
+  relabelled = (solutions[3:6] + 1) % 9  # valid grids, every digit (clue or not) wrong
+  metrics = solve_metrics(np.concatenate([wrong, relabelled]), puzzles[:6], solutions[:6])
+  assert metrics["sudoku_solved"] == 0.0 and metrics["sudoku_valid"] == 0.5
+  blanks = puzzles[:6] == sudoku.BLANK
+  right = blanks[:3].sum() - blanks[:3, 0].sum()  # the broken boards' blanks but cell 0
+  assert metrics["sudoku_cells_correct"] == pytest.approx(right / blanks.sum())
+
+
+def test_evaluate_reports_the_solve_rate_of_clamped_held_out_puzzles(tmp_path):
+  config = sudoku_configs.get_config("vmd_tiny")
+  train(config, str(tmp_path))
+  job, _, params, model_state = load_trained(str(tmp_path))
+  report, boards = sudoku_report(job, params, model_state, [2, 3], count=12, clues=60, latent_init="resample",
+                                 latent_candidates=2)
+  puzzles, solutions = sudoku.puzzles(config.data.shuffle_seed, 12, 60, config.data.sudoku_pool)
+  assert (report["puzzles"], report["clues"]) == (12, 60) and set(report["by_steps"]) == {2, 3}
+  for steps, metrics in report["by_steps"].items():
+    rows = boards[steps]
+    clues = puzzles != sudoku.BLANK
+    np.testing.assert_array_equal(rows[clues], puzzles[clues])  # clues are never changed
+    assert metrics["sudoku_solved"] == np.mean([numpy_solved(b, p) for b, p in zip(rows, puzzles)])
+    assert metrics["sudoku_valid"] == np.mean([numpy_solved(b, np.full(81, -1)) for b in rows])
+    assert metrics["sudoku_cells_correct"] == pytest.approx((rows == solutions)[~clues].mean())
+    used = metrics["sampler"]
+    assert (used["steps"], used["latent_init"], used["latent_candidates"]) == (steps, "resample", 2)
+    assert 2 < used["nfe"] <= steps + 1 + 2  # the K = 2 candidate calls, then at most one call per step and the fill
