@@ -27,6 +27,7 @@ from absl import app
 from absl import flags as absl_flags
 
 from ladd import checkpoint, flags, nstep_bound
+from ladd.data import sudoku
 from ladd.data.zero_shot import zero_shot_dataset
 from ladd.errors import one_line_errors
 from ladd.evaluation import evaluate, exact_sample_metrics, nstep_bounds, score_samples, sudoku_report
@@ -54,6 +55,8 @@ def main(argv):
       return
     bound_steps = flags.integers(BOUND_STEPS)
     nstep_bound.check_steps(bound_steps)  # before the (slow) checkpoint load
+    if SUDOKU_CLUES.value is not None:
+      sudoku.check_clues(SUDOKU_CLUES.value)
     job, step, params, model_state = load_trained(flags.WORKDIR.value, flags.CHECKPOINT_STEP.value, flags.PARAMS.value)
     workdir = os.path.abspath(flags.WORKDIR.value)
     zero_shot = None

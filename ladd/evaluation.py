@@ -9,7 +9,6 @@ import json
 import os
 
 import jax
-import numpy as np
 
 from ladd import checkpoint, exact_metrics, nstep_bound, summary
 from ladd.config import default_config

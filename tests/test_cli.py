@@ -157,6 +157,7 @@ def test_bad_train_input_fails_cleanly_and_keeps_the_workdir(trained, case):
     ("ladd.sample", ["--prompt=ROMEO€"], "outside the tokenizer's alphabet"),
     ("ladd.evaluate", ["--t_samples=-1"], "t_samples must be >= 1"),
     ("ladd.evaluate", ["--bound_steps=4,0"], "bound_steps must be >= 1"),
+    ("ladd.evaluate", ["--sudoku_clues=5"], "17..81 clues, got 5"),
     ("ladd.evaluate", ["--checkpoint_step=99"], "step 99 not found"),
 ])
 def test_bad_sample_and_evaluate_input(trained, module, flags, expected):

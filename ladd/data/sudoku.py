@@ -159,11 +159,15 @@ def make_puzzle(rng: np.random.Generator, solution: np.ndarray, clues: int) -> n
   return puzzle
 
 
+def check_clues(clues: int):
+  if not 17 <= clues <= CELLS:
+    raise DataError(f"a Sudoku with a unique solution has 17..81 clues, got {clues}")
+
+
 def puzzles(seed: int, count: int, clues: int, pool_size: int = 64):
   """(puzzles, solutions), int32 [count, 81] each, from the eval pool: deterministic in
   `seed`. Puzzle i uses its own random stream."""
-  if not 17 <= clues <= CELLS:
-    raise DataError(f"a Sudoku with a unique solution has 17..81 clues, got {clues}")
+  check_clues(clues)
   pool = grid_pool(seed, 1, pool_size)
   solutions, boards = [], []
   for i in range(count):
