@@ -29,6 +29,8 @@ TRAIN_STEPS = flags.DEFINE_integer("train_steps", 1200, "Training steps per mode
 NUM_SAMPLES = flags.DEFINE_integer("samples_per_point", 64, "Samples per (model, N).")
 ONLY = flags.DEFINE_list("only_runs", [], "Train/evaluate only these runs (names as in RUNS).")
 STEPS = flags.DEFINE_list("sampling_steps", ["1", "2", "4", "8", "16", "32", "128"], "Token steps N.")
+LEADS = flags.DEFINE_list("latent_leads", [], "One joint-schedule row per latent.lead c (the latent leads the"
+                          " tokens, clean from u = c on); none: the configs' own path.")
 
 UNIFORM_BITS_NLL = 112.0  # method.md §5: what a one-step factorised sampler emits
 
@@ -56,11 +58,14 @@ def cpu_sized(config):
   return config
 
 
-def run_one(name, make_config, latent_steps, root):
+def run_one(name, make_config, latent_steps, root, lead=None):
   config = cpu_sized(make_config())
+  if lead is not None:
+    config.latent.update(lead=lead)
+    name = f"{name} lead={lead:g}"
   config.train.update(steps=TRAIN_STEPS.value, eval_every=TRAIN_STEPS.value, checkpoint_every=TRAIN_STEPS.value,
                       log_every=max(TRAIN_STEPS.value // 5, 1))
-  workdir = os.path.join(root, name.replace("/", "_"))
+  workdir = os.path.join(root, name.replace("/", "_").replace(" lead=", "_lead"))
   start = time.time()
   train(config, workdir)
   train_s = time.time() - start
@@ -145,7 +150,12 @@ def main(argv):
   start = time.time()
   root = os.path.abspath(WORKDIR.value or "/tmp/binsaw_steps")
   names = ONLY.value or list(RUNS)
-  rows = [run_one(name, RUNS[name][0], RUNS[name][1], root) for name in names]
+  leads = [float(c) for c in LEADS.value]
+  rows = []
+  for name in names:
+    joint = name.endswith("/joint")
+    for lead in (leads if joint and leads else [None]):
+      rows.append(run_one(name, RUNS[name][0], RUNS[name][1], root, lead))
   os.makedirs(RESULTS.value, exist_ok=True)
   with open(os.path.join(root, "results.json"), "w") as f:
     json.dump(rows, f, indent=1)

@@ -72,6 +72,9 @@ def default_config():
       dropout=0.0,  # p_tau: fraction of examples trained with y_t = y0 = 0 (reference 0.15)
       kl_weight=0.0,  # lambda in lambda/2 ||y0||^2
       time_shift=1.0,  # a in t' = a t / (1 + (a - 1) t), applied to the latent time
+      # joint schedule: c in [0, 1), the latent leads the tokens, t_y = time_shift(max((u - c) /
+      # (1 - c), eps)): clean (at its path's end) from u = c on, while most tokens are masked
+      lead=0.0,
       w_x=1.0, w_y=1.0,
       y_weighting="unweighted",  # L_y weighting: unweighted | elbo
       gaussian_schedule="sqrt",  # g(t): sqrt (sqrt(1-t)) | linear (1-t) | cosine | square (1-t^2)

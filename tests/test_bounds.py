@@ -123,6 +123,7 @@ DI_CASES = {  # name: (latent settings, old value where it was wrong)
     "joint_independent_times": (dict(schedule="joint", independent_times=True), 5 / 6 * math.log(V)),
     "joint_shift_0.5": (dict(schedule="joint", time_shift=0.5), 1.827),
     "joint_shift_2": (dict(schedule="joint", time_shift=2.0), 2.299),
+    "joint_lead_0.6_shift_0.5": (dict(schedule="joint", lead=0.6, time_shift=0.5), None),
     "sequential_shift_0.5": (dict(schedule="sequential", time_shift=0.5), None),
 }
 
@@ -166,6 +167,7 @@ class IdealCo:
 
 CO_CASES = {
     "joint_shift_0.5": dict(schedule="joint", time_shift=0.5),
+    "joint_lead_0.6": dict(schedule="joint", lead=0.6),
     "joint_linear_schedule": dict(schedule="joint", gaussian_schedule="linear"),
     "sequential": dict(schedule="sequential"),
 }
@@ -310,3 +312,9 @@ def test_decoder_term_matches_its_monte_carlo_value():
   mc = jnp.mean(0.5 * jnp.log(2 * jnp.pi * var) + 0.5 * (y0 - y_t / s.alpha(t)) ** 2 / var)
   assert float(s.decoder_nll(t, 1)) == pytest.approx(float(mc), abs=0.01)
   assert float(s.decoder_nll(0.0, 1)) == pytest.approx(0.5 * math.log(2 * math.pi * math.e * 1e-2 / (1 - 1e-2)), rel=1e-5)
+
+
+@pytest.mark.parametrize("latent", [dict(lead=1.0), dict(lead=-0.1), dict(lead=0.5, schedule="sequential")])
+def test_a_bad_latent_lead_is_one_clear_error(latent):
+  with pytest.raises(ValueError, match="latent.lead"):
+    build_method(copy_config("di_ladd", **latent), V)

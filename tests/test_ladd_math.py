@@ -71,6 +71,29 @@ def test_time_shift_fixes_the_ends_and_a_below_one_lowers_t():
   assert np.all(np.asarray(shifted[1:-1]) < np.asarray(t[1:-1]))
 
 
+@pytest.mark.parametrize("shift, lead", [(1.0, 0.0), (0.5, 0.0), (1.0, 0.6), (0.5, 0.6)])
+def test_latent_path_is_monotone_with_its_ends_and_its_derivative(shift, lead):
+  eps = 1e-2
+  u = jnp.linspace(eps, 1.0, 2001, dtype=jnp.float32)
+  t_y, dt_du = gaussian.latent_path(u, shift, lead, eps)
+  np.testing.assert_allclose(t_y[-1], 1.0, rtol=1e-6)
+  np.testing.assert_allclose(t_y[0], gaussian.time_shift(eps, shift), rtol=1e-6)  # the shift path's end
+  assert np.all(np.diff(np.asarray(t_y)) >= 0) and np.all(np.asarray(dt_du) >= 0)
+  if lead == 0:  # lead 0 is the shift path itself, bit for bit
+    np.testing.assert_array_equal(t_y, gaussian.time_shift(u, shift))
+  # the latent rests at its end (dt_y/du = 0) until u = lead + eps (1 - lead), then moves
+  rests = np.asarray(u) < lead + eps * (1 - lead) - 1e-6
+  np.testing.assert_array_equal(np.asarray(dt_du)[rests], 0.0)
+  np.testing.assert_allclose(np.asarray(t_y)[rests], float(gaussian.time_shift(eps, shift)), rtol=1e-6)
+  # dt_y/du against central differences away from the kink; its integral is the path's rise
+  h = 1e-3
+  inner = np.asarray(jnp.abs(u - (lead + eps * (1 - lead))) > 2 * h) & (np.asarray(u) < 1 - h) & (np.asarray(u) > eps + h)
+  fd = (gaussian.latent_path(u + h, shift, lead, eps)[0] - gaussian.latent_path(u - h, shift, lead, eps)[0]) / (2 * h)
+  np.testing.assert_allclose(np.asarray(dt_du)[inner], np.asarray(fd)[inner], rtol=2e-3, atol=1e-3)
+  rise = np.trapezoid(np.asarray(dt_du, np.float64), np.asarray(u, np.float64))
+  assert rise == pytest.approx(1.0 - float(t_y[0]), abs=2e-3)
+
+
 def test_prior_kl_is_zero_for_a_matched_prior_and_grows_with_the_mean():
   s = gaussian.GaussianSchedule("sqrt")
   zero = s.prior_kl(jnp.zeros((2, 1, 4)))

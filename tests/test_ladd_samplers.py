@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from configs import ladd_binsaw
+from ladd.diffusion import gaussian
 from ladd.diffusion.sampling import SamplerSettings
 from ladd.methods import build_method
 
@@ -104,3 +105,30 @@ def test_sampler_is_deterministic_under_a_seed(drawer):
   c, _ = drawer(6)
   np.testing.assert_array_equal(a, b)
   assert (a != c).any()
+
+
+class TimeRecorder(ScriptedModel):
+  """Records the (t_x, t_y) of every joint network call."""
+
+  def __init__(self, method):
+    super().__init__(method)
+    self.times = []
+
+  def denoiser(self, x_t, y, t_x, t_y, latent_masked=None):
+    jax.debug.callback(lambda a, b: self.times.append((float(a[0]), float(b[0]))), t_x, t_y, ordered=True)
+    return super().denoiser(x_t, y, t_x, t_y, latent_masked)
+
+
+@pytest.mark.parametrize("variant", ["co_joint", "di_joint"])
+def test_joint_sampler_follows_the_leading_latent_path(variant):
+  config = ladd_binsaw.get_config(variant + "_tiny")
+  config.latent.update(lead=0.5, time_shift=0.5)
+  method = build_method(config, 2)
+  model = TimeRecorder(method)
+  jax.jit(lambda key: method.sample(model, key, 2, SamplerSettings(steps=4, cache=False)))(jax.random.key(0))
+  jax.effects_barrier()
+  t_x, t_y = np.array(model.times).T
+  assert len(t_x) == 5  # 4 steps + the final fill
+  np.testing.assert_allclose(t_y, gaussian.latent_path(t_x, 0.5, 0.5, method.schedule.eps)[0], rtol=1e-6)
+  end = float(gaussian.time_shift(method.schedule.eps, 0.5))
+  assert np.isclose(t_y[2], end) and t_x[2] == pytest.approx(0.5, abs=1e-3)  # clean with half the tokens masked

@@ -78,6 +78,20 @@ def time_shift(t, shift):
   return shift * t / (1.0 + (shift - 1.0) * t)
 
 
+def latent_path(u, shift, lead, eps):
+  """(t_y, dt_y/du): the latent's time on the sampler's one noise path u in [eps, 1].
+
+  t_y = time_shift(v, shift) with v = max((u - lead) / (1 - lead), eps): with lead > 0 the
+  latent leads, reaching its path's end v = eps at u = lead + eps (1 - lead), while about a
+  fraction `lead` of the tokens is still masked, and rests there (dt_y/du = 0) for the rest.
+  The end is the shift path's own (time_shift(eps)), never t = 0: finite SNR and finite
+  masking weights wherever dt_y/du multiplies them. lead = 0 is time_shift(u) exactly."""
+  r = (u - lead) / (1.0 - lead)
+  v = jnp.maximum(r, eps)
+  dv_du = jnp.where(r >= eps, 1.0 / (1.0 - lead), 0.0)
+  return time_shift(v, shift), shift / jnp.square(1.0 + (shift - 1.0) * v) * dv_du
+
+
 def broadcast(v, like):
   return jnp.reshape(v, jnp.shape(v) + (1,) * (like.ndim - jnp.ndim(v)))
 

@@ -13,7 +13,8 @@ from the training loss; `quantities` says whether their sum bounds -log p(x0).
 
 The reported bound follows the sampler's one noise path u: 1 -> eps, t_x = u, t_y =
 time_shift(u) (joint: both channels at once; sequential: the latent phase, then the token
-phase, two separate integrals estimated at the same u), with dt_y/du in the latent weight,
+phase, two separate integrals estimated at the same u; joint with latent.lead > 0: t_y =
+gaussian.latent_path(u), a latent that leads), with dt_y/du in the latent weight,
 beta(t) masking and the end terms of ladd.diffusion.masking: the token final fill at t_x =
 eps; Di sequential also the code fill (its code phase fills the codes), Di joint none (the
 sampler never fills codes: those still masked at the end are not scored, as they need not
@@ -72,6 +73,11 @@ class LatentDiffusion:
       raise ValueError(f"latent.encoder_lr_scale must be >= 0, got {lat.encoder_lr_scale}")
     if lat.time_shift <= 0:
       raise ValueError(f"latent.time_shift must be > 0, got {lat.time_shift}")
+    if not 0.0 <= lat.lead < 1.0:
+      raise ValueError(f"latent.lead must be in [0, 1), got {lat.lead}")
+    if lat.lead > 0 and lat.schedule == "sequential":
+      raise ValueError("latent.lead moves the joint schedule's latent ahead of its tokens; the sequential"
+                       " schedule already draws the latent first: set latent.lead = 0")
     if lat.freeze_encoder and config.optim.weight_decay > 0:
       raise ValueError("latent.freeze_encoder stops the encoder's gradients; with optim.weight_decay > 0 "
                        "AdamW would still shrink it: set optim.weight_decay = 0")
@@ -127,7 +133,7 @@ class LatentDiffusion:
   # --- pieces shared by both variants -------------------------------------------------
 
   def _times(self, key, batch, training):
-    """(t_x, t_y, dt_y/du) with t_y = time_shift(u). u = t_x: the sampler's one noise path;
+    """(t_x, t_y, dt_y/du) with t_y = t_y(u) on the latent's path. u = t_x: the sampler's one noise path;
     training may draw u independently (latent.independent_times, so the token model also
     sees clean latents), which the bound may not: averaged over independent times the
     integrand is the ELBO of no sampler (5/6 log V < log V on x1 = x2 ~ U{V}, y = x1)."""
@@ -136,12 +142,11 @@ class LatentDiffusion:
     u = t_x
     if training and self.lat.independent_times:
       u = jax.random.permutation(kp, masking.stratified_times(ky, batch, self.schedule.eps))
-    return (t_x, *self._shifted(u))
+    return (t_x, *self._latent_path(u))
 
-  def _shifted(self, u):
-    """(t_y = time_shift(u), dt_y/du)."""
-    a = self.lat.time_shift
-    return gaussian.time_shift(u, a), a / jnp.square(1.0 + (a - 1.0) * u)
+  def _latent_path(self, u):
+    """(t_y(u), dt_y/du): the sampler's latent time at token time u (gaussian.latent_path)."""
+    return gaussian.latent_path(u, self.lat.time_shift, self.lat.lead, self.schedule.eps)
 
   def _corruption(self, key, x_t):
     """p_r ~ U[0, corruption_max] per sequence; drop masked positions with prob p_r."""
@@ -183,7 +188,7 @@ class LatentDiffusion:
   def _end_times(self, batch):
     """(t_x, t_y) at the end of the sampler's path, u = eps: where the final fill happens."""
     t_x = jnp.full((batch,), self.schedule.eps, jnp.float32)
-    return t_x, gaussian.time_shift(t_x, self.lat.time_shift)
+    return t_x, self._latent_path(t_x)[0]
 
   def _token_fill(self, key, x0, latent_logits):
     """The token final-fill term [B]: latent_logits(x_fill, t_x_end) -> token logits."""
@@ -331,7 +336,7 @@ class CoLadd(LatentDiffusion):
     elbo_x + elbo_y: token KLs (discrete_bound), the latent's prior KL at t = 1, its per-step
     Gaussian KLs and the decoder term at t_N, minus the encoder entropy (method.md §7).
 
-    Joint: one chain on the token grid, the latent at the shifted time; the final call fills
+    Joint: one chain on the token grid, the latent at its path's times (_latent_path); the final call fills
     the tokens and decodes y0 (which the token output does not depend on). Sequential: g_psi's
     chain on its own N_y = latent_steps (0: N) grid with N_y steps and the decoder call at
     t = eps (N_y + 1 calls; the sampler returns y0-hat at its N_y-th), then N token stages
@@ -366,7 +371,7 @@ class CoLadd(LatentDiffusion):
       terms = dict(discrete_bound.sum_over_stages(latent_stage, latent_grid.shape[0], y_key),
                    **discrete_bound.sum_over_stages(token_stage, steps + 1, x_key))
     else:
-      latent_times = gaussian.time_shift(grid, self.lat.time_shift)
+      latent_times = self._latent_path(grid)[0]
 
       def joint_stage(k, key):
         mask_key, noise_key = jax.random.split(key)
@@ -421,7 +426,7 @@ class CoLadd(LatentDiffusion):
       u_weight = 1.0
     else:  # one path u -> (u, t_y(u)), u log-uniform for the Gaussian term's variance
       t_x, u_weight = masking.log_uniform_times(keys[0], batch, self.schedule.eps)
-      t_y, dt_y = self._shifted(t_x)
+      t_y, dt_y = self._latent_path(t_x)
     x_t = self._masked_tokens(keys[1], x0, t_x, training)
     y0, target = self._clean_latent(model, x0, x_t, keys[2], training)
     keep = self._keep_latent(keys[3], batch, training)
@@ -478,7 +483,7 @@ class CoLadd(LatentDiffusion):
   def _sample_joint(self, model, key, num_samples, settings, clamped):
     """N steps of (token ancestral step, latent DDIM step) from one call each; a final call
     fills the remaining masks. NFE = N + 1."""
-    latent_time = lambda t: gaussian.time_shift(t, self.lat.time_shift)
+    latent_time = lambda t: self._latent_path(t)[0]
     init_key, key = jax.random.split(key)
     y = jax.random.normal(init_key, (num_samples, self.spec.slots, self.spec.dim), jnp.float32)
 
@@ -608,7 +613,7 @@ class DiLadd(LatentDiffusion):
     sampler's own path: -log p(x0) <= -log p(x0, y0 = VQ(x0)) (the quantiser is deterministic
     at evaluation) <= elbo_x + elbo_y, each a sum of per-stage KLs (discrete_bound).
 
-    Joint: one chain on the token grid, codes at the shifted time; the step factorises over
+    Joint: one chain on the token grid, codes at their path's times (_latent_path); the step factorises over
     token and code positions given the state. The sampler's final call fills only the tokens;
     the bound's chain also fills the remaining codes from that call's code logits, which
     leaves the token output's distribution unchanged (nothing reads the codes afterwards).
@@ -636,7 +641,7 @@ class DiLadd(LatentDiffusion):
                    **discrete_bound.sum_over_stages(token_stage, steps + 1, token_key))
     else:
       grid = sampling.time_grid(steps, self.schedule.eps)
-      code_chain = discrete_bound.mask_chain(self.code_schedule, gaussian.time_shift(grid, self.lat.time_shift))
+      code_chain = discrete_bound.mask_chain(self.code_schedule, self._latent_path(grid)[0])
 
       def joint_stage(k, key):
         x_key, y_key = jax.random.split(key)
@@ -675,7 +680,7 @@ class DiLadd(LatentDiffusion):
     """Both channels take the masked ancestral step on the same grid (codes on their own
     schedule, as the loop's latent channel); a final call fills the tokens. NFE = N + 1."""
     codes = jnp.full((num_samples, self.spec.slots), self.code_mask, jnp.int32)
-    code_time = lambda t: gaussian.time_shift(t, self.lat.time_shift)
+    code_time = lambda t: self._latent_path(t)[0]
 
     def denoise(x, t, codes):
       full = jnp.full((num_samples,), t)
