@@ -17,7 +17,7 @@ from absl import app, flags
 
 from configs import binsaw, ladd_binsaw
 from ladd import summary
-from ladd.flags import WORKDIR
+from ladd.flags import WORKDIR, parser
 from ladd.diffusion.sampling import SamplerSettings
 from ladd.evaluation import evaluate, nstep_bounds
 from ladd.job import load_trained
@@ -165,4 +165,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parser("experiments.binsaw_steps"))

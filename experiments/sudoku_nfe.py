@@ -21,7 +21,7 @@ from absl import app, flags
 
 from configs import sudoku as sudoku_configs
 from ladd.evaluation import sudoku_report
-from ladd.flags import WORKDIR
+from ladd.flags import WORKDIR, parser
 from ladd.job import load_trained
 from ladd.train_loop import train
 
@@ -168,4 +168,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parser("experiments.sudoku_nfe"))

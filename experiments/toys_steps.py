@@ -32,7 +32,7 @@ from configs import toys as toy_configs  # noqa: E402
 from ladd import exact_metrics, summary  # noqa: E402
 from ladd.data import toys  # noqa: E402
 from ladd.evaluation import evaluate, exact_sample_metrics, nstep_bounds, plot_2d_densities  # noqa: E402
-from ladd.flags import WORKDIR  # noqa: E402  --workdir: keep the runs there (default: a temporary directory)
+from ladd.flags import WORKDIR, parser  # noqa: E402  --workdir: keep the runs there (default: a temporary directory)
 from ladd.job import build_job  # noqa: E402
 from ladd.methods import METHODS  # noqa: E402
 from ladd.train_loop import train  # noqa: E402
@@ -228,4 +228,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parser("experiments.toys_steps"))
