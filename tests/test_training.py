@@ -217,14 +217,15 @@ def test_short_binsaw_run_sits_between_entropy_and_independent_bits():
   independent-bits model scores 128 ln 2 ~ 88.7; a short run must land clearly between.
 
   The trainer's step on one device, without the loop's checkpoints and logs: learning is
-  what this checks (the loop and the sharded step are the other tests' subject), and 8
-  simulated devices would only add their overhead to 150 steps."""
+  what this checks (the loop and the sharded step are the other tests' subject). A
+  one-layer d_model 32 model reaches 72.4 nats in 60 steps here (75.4 after 40): 4 above
+  the floor and 9 below the 81.6 line."""
   from configs import binsaw
   config = binsaw.get_config()
-  config.model.update(d_model=64, n_layers=2, n_heads=4, cond_dim=32)
+  config.model.update(d_model=32, n_layers=1, n_heads=2, cond_dim=16)
   config.data.update(batch_size=32, eval_batch_size=128)
   config.optim.update(lr=3e-3, warmup_steps=30, ema_decay=0.9)
-  config.train.update(steps=150)
+  config.train.update(steps=60)
   job = one_device_job(config)
   state = job.trainer.init()
   data_iter = job.dataset.train_iterator(0, 1, config.data.batch_size)
