@@ -16,6 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
+from ladd import files
 from ladd.data import streams
 from ladd.data.errors import DataError
 from ladd.data.tokenizers import Tokenizer, load_tokenizer, make_tokenizer
@@ -68,7 +69,7 @@ def split_off_tail(text: str) -> tuple[str, str]:
 
 
 def _load_or_train_tokenizer(kind: str, tokenizer_path: str, bpe_vocab_size: int,
-                             workdir: Path | None, corpus: TextCorpus) -> tuple[Tokenizer, bool]:
+                             workdir: Path | None, corpus: TextCorpus, write: bool) -> tuple[Tokenizer, bool]:
   """The tokenizer, and whether it came from the work directory."""
   path = workdir / TOKENIZER_FILE if workdir else None
   if path and path.exists():
@@ -79,7 +80,7 @@ def _load_or_train_tokenizer(kind: str, tokenizer_path: str, bpe_vocab_size: int
                       f"{tokenizer.kind!r}")
     return tokenizer, True
   tokenizer = make_tokenizer(kind, tokenizer_path, bpe_vocab_size, corpus.tokenizer_text)
-  if path:
+  if path and write:
     tokenizer.save(path)
   return tokenizer, False
 
@@ -92,22 +93,27 @@ def _encode_chunks(tokenizer: Tokenizer, corpus: TextCorpus,
 
 
 def _token_stream(tokenizer: Tokenizer, corpus: TextCorpus, split: str,
-                  workdir: Path | None, cache_valid: bool) -> np.ndarray:
+                  workdir: Path | None, cache_valid: bool, write: bool) -> np.ndarray:
   encoded = _encode_chunks(tokenizer, corpus, split)
-  if workdir is None:
-    return np.concatenate([np.zeros(0, np.int32), *encoded])
-  path = workdir / f"tokens_{split}.npy"
-  if not (cache_valid and path.exists()):
-    streams.write_token_stream(path, encoded)
-  return np.load(path, mmap_mode="r")
+  path = workdir / f"tokens_{split}.npy" if workdir else None
+  if path and cache_valid and path.exists():
+    return files.load_npy(path)
+  if path and write and files.is_local(path):
+    streams.write_token_stream(path, encoded)  # in pieces, never all in memory
+    return files.load_npy(path)
+  stream = np.concatenate([np.zeros(0, np.int32), *encoded])
+  if path and write:
+    files.save_npy(path, stream)
+  return stream
 
 
 def tokenise_corpus(kind: str, tokenizer_path: str, bpe_vocab_size: int, workdir: Path | None,
-                    corpus: TextCorpus) -> tuple[Tokenizer, dict[str, np.ndarray]]:
-  """The tokenizer and each split's token stream, from the cache when possible."""
+                    corpus: TextCorpus, write: bool = True) -> tuple[Tokenizer, dict[str, np.ndarray]]:
+  """The tokenizer and each split's token stream, from the cache when possible; the
+  cache is written only with `write`."""
   tokenizer, loaded = _load_or_train_tokenizer(kind, tokenizer_path, bpe_vocab_size, workdir,
-                                               corpus)
-  token_streams = {split: _token_stream(tokenizer, corpus, split, workdir, loaded)
+                                               corpus, write)
+  token_streams = {split: _token_stream(tokenizer, corpus, split, workdir, loaded, write)
                    for split in SPLITS}
   return tokenizer, token_streams
 
