@@ -43,6 +43,8 @@ def make_workdir(path) -> None:
   except ImportError as e:
     raise ValueError(f"work directory {path}: {scheme}:// needs its file system package ({e});"
                      " for gs:// pip install 'ladd[gcs]'") from e
+  except OSError as e:  # after the client's retries
+    raise OSError(f"work directory {path}: cannot reach {bucket}: {e}") from e
   if not found:
     raise FileNotFoundError(f"work directory {path}: bucket {bucket} does not exist or cannot be reached")
 
