@@ -53,7 +53,7 @@ def write_text(path, text: str) -> None:
   """Writes `path` so that no reader (another process, a crash) sees half of it."""
   path = epath.Path(path)
   if not is_local(path):
-    path.write_text(text)  # an object appears whole
+    path.write_text(text, encoding="utf-8")  # an object appears whole
     return
   tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # processes may share a work directory
   tmp.write_text(text, encoding="utf-8")
