@@ -130,8 +130,8 @@ def test_train_resume_sample_evaluate_and_two_processes_in_a_bucket(emulator, tm
   assert "2 process(es), 8 cpu device(s)" in pair_out[0] and "step 1/2" not in pair_out[1]  # process 0 reports
   assert [r["step"] for r in rows(fs.cat(f"{BUCKET}/run2/metrics.jsonl").decode())] == [1, 2]
   assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{BUCKET}/run2/checkpoints")) == ["2"]
-  assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{BUCKET}/run2/checkpoints/2/data")) == [
-      "process_0-of-2.json", "process_1-of-2.json"]
+  assert {p.rsplit("/", 1)[-1] for p in fs.ls(f"{BUCKET}/run2/checkpoints/2/data")} >= {
+      "process_0-of-2.json", "process_1-of-2.json"}  # each process's data position (and Orbax's commit marker)
 
 
 def test_text_cache_in_a_bucket(emulator, tmp_path, monkeypatch):
