@@ -20,7 +20,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging as absl_logging
 
-from ladd import errors
+from ladd import errors, files
 
 # Keys that change what token ids or weights mean without changing any array's shape (a
 # new tokenizer or data source of equal vocabulary size, another head split of the same
@@ -42,7 +42,7 @@ class UnreadableCheckpoint(CheckpointError):
 
 
 def checkpoint_dir(workdir):
-  return os.path.join(os.path.abspath(workdir), "checkpoints")
+  return os.path.join(files.resolve(workdir), "checkpoints")
 
 
 def _drop_read_only_notes(record):
@@ -293,7 +293,4 @@ def restore_params(mgr, step, evaluator, which="ema"):
 
 
 def write_json(path, record):
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(record, f, indent=2)
-  os.replace(tmp, path)
+  files.write_text(path, json.dumps(record, indent=2))

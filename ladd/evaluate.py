@@ -26,7 +26,7 @@ import jax
 from absl import app
 from absl import flags as absl_flags
 
-from ladd import checkpoint, flags, nstep_bound
+from ladd import checkpoint, files, flags, nstep_bound
 from ladd.data import sudoku
 from ladd.data.zero_shot import zero_shot_dataset
 from ladd.errors import one_line_errors
@@ -58,7 +58,7 @@ def main(argv):
     if SUDOKU_CLUES.value is not None:
       sudoku.check_clues(SUDOKU_CLUES.value)
     job, step, params, model_state = load_trained(flags.WORKDIR.value, flags.CHECKPOINT_STEP.value, flags.PARAMS.value)
-    workdir = os.path.abspath(flags.WORKDIR.value)
+    workdir = files.resolve(flags.WORKDIR.value)
     zero_shot = None
     if DATA.value:
       job.dataset, zero_shot = zero_shot_dataset(job.dataset, DATA.value)

@@ -10,7 +10,7 @@ import os
 
 import jax
 
-from ladd import checkpoint, exact_metrics, nstep_bound, summary
+from ladd import checkpoint, exact_metrics, files, nstep_bound, summary
 from ladd.config import default_config
 from ladd.diffusion.sampling import SamplerSettings
 from ladd.data import sudoku
@@ -154,7 +154,7 @@ def plot_2d_densities(truth, rows, path):
       ax.set_xticks([])
       ax.set_yticks([])
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  files.save_figure(fig, path, dpi=100)
   plt.close(fig)
 
 
@@ -165,8 +165,8 @@ def score_samples(samples_path, judge_workdir, output, judge_step=None):
     raise ValueError("--samples needs --judge=WORKDIR of an autoregressive (method 'ar')"
                      " checkpoint or a GPT-2 safetensors directory")
   records = text_metrics.read_samples(samples_path)
-  judge = text_metrics.load_judge(os.path.abspath(judge_workdir), judge_step)
-  result = dict(text_metrics.sample_metrics(records, judge), samples_file=os.path.abspath(samples_path))
+  judge = text_metrics.load_judge(files.resolve(judge_workdir), judge_step)
+  result = dict(text_metrics.sample_metrics(records, judge), samples_file=files.resolve(samples_path))
   if jax.process_index() == 0:
     checkpoint.write_json(output or os.path.splitext(samples_path)[0] + ".metrics.json", result)
     print(json.dumps(result, indent=2), flush=True)

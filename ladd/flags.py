@@ -2,6 +2,7 @@
 so a flag that more than one entry point takes is defined here, once, with help that holds
 for each of them (library code, experiments and tests import every entry point together)."""
 
+import logging
 import re
 import sys
 
@@ -66,5 +67,7 @@ def parser(program):
       sys.exit(2)
     if not flags.FLAGS["verbosity"].present:  # libraries' INFO lines (orbax, grain) only on request
       absl_logging.set_verbosity(absl_logging.WARNING)
+      # gcsfs logs every failed request with its traceback, then raises what ladd reports in one line
+      logging.getLogger("gcsfs").setLevel(logging.CRITICAL)
     return argv
   return parse

@@ -4,12 +4,11 @@ dataset, method, mesh and compiled trainer from a config."""
 import dataclasses
 import faulthandler
 import json
-import os
-
 import jax
 import ml_collections
+from etils import epath
 
-from ladd import errors, faults, sharding
+from ladd import errors, faults, files, sharding
 from ladd.data import build_dataset
 from ladd.methods import build_method
 from ladd.trainer import build_evaluator, build_trainer
@@ -96,7 +95,7 @@ class Job:
 def build_job(config, workdir):
   mesh = sharding.make_mesh(config.mesh)
   validate(config, mesh)
-  dataset = build_dataset(config.data, workdir)
+  dataset = build_dataset(config.data, workdir, write=jax.process_index() == 0)  # shared files: process 0 writes
   method = build_method(config, dataset.vocab_size, dataset.pad_id)
   return Job(config, dataset, method, mesh, build_trainer(config, method, mesh))
 
@@ -113,8 +112,8 @@ def load_trained(workdir, step=None, which="ema"):
 
   if not workdir:
     raise ValueError("--workdir is required")
-  workdir = os.path.abspath(workdir)
-  if not os.path.isdir(checkpoint.checkpoint_dir(workdir)):
+  workdir = files.resolve(workdir)
+  if not epath.Path(checkpoint.checkpoint_dir(workdir)).is_dir():
     raise FileNotFoundError(f"no checkpoints in {workdir}: train first with python -m ladd.train --workdir={workdir}")
   mgr = checkpoint.manager(workdir, read_only=True)
   steps = mgr.all_steps()
@@ -146,7 +145,7 @@ def _job_from_record(record, workdir):
   config = config_from_record(record)
   config.mesh.update(data=-1, fsdp=1, tensor=1)
   mesh = sharding.make_mesh(config.mesh)
-  dataset = build_dataset(config.data, workdir)
+  dataset = build_dataset(config.data, workdir, write=jax.process_index() == 0)  # shared files: process 0 writes
   if dataset.vocab_size != record.get("vocab_size"):
     raise checkpoint.CheckpointError(f"checkpoint vocab_size {record.get('vocab_size')} differs from the data's {dataset.vocab_size}")
   method = build_method(config, dataset.vocab_size, dataset.pad_id)

@@ -7,6 +7,9 @@ import sys
 import time
 
 import jax
+from etils import epath
+
+from ladd import files
 
 # Dense bf16 peak FLOP/s per device, used for MFU; config train.peak_tflops_per_device overrides.
 PEAK_FLOPS = {
@@ -41,7 +44,7 @@ class MetricWriter:
     if enabled:
       path = os.path.join(workdir, "metrics.jsonl")
       drop_rows_after(path, start_step)
-      self.jsonl = open(path, "a")
+      self.jsonl = files.open_append(path)
       from tensorboardX import SummaryWriter  # heavy import, only on the writing process
       self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=start_step + 1)
 
@@ -65,16 +68,13 @@ class MetricWriter:
 def drop_rows_after(path, step):
   """Keeps the rows of a metrics.jsonl up to `step` (and any complete line only: a kill
   can leave half a row); the file is replaced atomically."""
-  if not os.path.exists(path):
+  path = epath.Path(path)
+  if not path.exists():
     return
-  with open(path) as f:
-    lines = f.readlines()
+  lines = path.read_text().splitlines(keepends=True)
   kept = [line for line in lines if line.endswith("\n") and _row_step(line) <= step]
   if kept != lines:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-      f.writelines(kept)
-    os.replace(tmp, path)
+    files.write_text(path, "".join(kept))
 
 
 def _row_step(line):

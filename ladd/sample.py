@@ -19,7 +19,7 @@ import numpy as np
 from absl import app
 from absl import flags as absl_flags
 
-from ladd import flags
+from ladd import files, flags
 from ladd.config import default_config
 from ladd.diffusion.sampling import SamplerSettings
 from ladd.errors import one_line_errors
@@ -51,7 +51,7 @@ def main(argv):
   with one_line_errors("ladd.sample"):
     flags.start_distributed()
     job, step, params, model_state = load_trained(flags.WORKDIR.value, flags.CHECKPOINT_STEP.value, flags.PARAMS.value)
-    workdir = os.path.abspath(flags.WORKDIR.value)
+    workdir = files.resolve(flags.WORKDIR.value)
     # sampler keys newer than the checkpoint's stored config take their defaults
     cfg = ml_collections.ConfigDict(dict(default_config().sample.to_dict(), **job.config.sample.to_dict()))
     if flags.STEPS.value is not None and len(flags.STEPS.value) != 1:
@@ -89,7 +89,7 @@ def main(argv):
                 params=flags.PARAMS.value)
     output = flags.OUTPUT.value or os.path.join(workdir, "samples.jsonl")
     if jax.process_index() == 0:
-      with open(output, "a") as f:
+      with files.open_append(output) as f:
         for i, row in enumerate(tokens):
           record = dict(base, index=i, tokens=row.tolist(), text=job.dataset.decode(row))
           if true_nll is not None:

@@ -12,7 +12,7 @@ import os
 from absl import app
 from absl import flags as absl_flags
 
-from ladd import checkpoint, flags, text_metrics
+from ladd import checkpoint, files, flags, text_metrics
 from ladd.errors import one_line_errors
 from ladd.evaluation import sweep_workdir
 
@@ -30,21 +30,19 @@ def main(argv):
       raise ValueError("--workdirs, --judge and --output are required")
     steps = [4, 8, 16, 32, 64, 128] if flags.STEPS.value is None else flags.integers(flags.STEPS)
     temperatures = [float(t) for t in TEMPERATURES.value]
-    judge = text_metrics.load_judge(os.path.abspath(flags.JUDGE.value))
+    judge = text_metrics.load_judge(files.resolve(flags.JUDGE.value))
     records, rows = [], []
     for workdir in WORKDIRS.value:
-      more_records, more_rows = sweep_workdir(os.path.abspath(workdir), judge, steps, temperatures,
+      more_records, more_rows = sweep_workdir(files.resolve(workdir), judge, steps, temperatures,
                                               flags.value_or(flags.NUM_SAMPLES, 32), flags.value_or(flags.SEED, 0))
       records += more_records
       rows += more_rows
-    os.makedirs(flags.OUTPUT.value, exist_ok=True)
-    with open(os.path.join(flags.OUTPUT.value, "samples.jsonl"), "w") as f:
-      f.writelines(json.dumps(r) + "\n" for r in records)
+    files.make_workdir(flags.OUTPUT.value)
+    files.write_text(os.path.join(flags.OUTPUT.value, "samples.jsonl"), "".join(json.dumps(r) + "\n" for r in records))
     checkpoint.write_json(os.path.join(flags.OUTPUT.value, "sweep.json"), {
         "judge": judge.description, "judge_tokenizer": judge.tokenizer.kind, "rows": rows})
     table = text_metrics.frontier_table(rows)
-    with open(os.path.join(flags.OUTPUT.value, "frontier.md"), "w") as f:
-      f.write(table)
+    files.write_text(os.path.join(flags.OUTPUT.value, "frontier.md"), table)
     text_metrics.plot_frontier(rows, os.path.join(flags.OUTPUT.value, "frontier.png"))
     print(table, flush=True)
 

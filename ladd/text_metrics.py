@@ -17,7 +17,10 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from flax import nnx
+
+from ladd import files
 
 NGRAMS = (2, 3, 4)
 # Fields of a ladd.sample record that describe the sample, not the sampler.
@@ -45,7 +48,7 @@ def cut_at_eos(text: str, eos_text: str | None) -> str:
 
 def read_samples(path: str) -> list[dict]:
   records = []
-  with open(path, encoding="utf-8") as f:
+  with epath.Path(path).open(encoding="utf-8") as f:
     for number, line in enumerate(f, 1):
       if line.strip():
         try:
@@ -216,5 +219,5 @@ def plot_frontier(rows: list[dict], path: str) -> None:
   right.set(xlabel="NFE", ylabel="gen-PPL", xscale="log", yscale="log")
   right.legend(fontsize=7)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  files.save_figure(fig, path, dpi=100)
   plt.close(fig)

@@ -3,12 +3,10 @@
 Resumes automatically from the newest complete checkpoint in DIR.
 """
 
-import os
-
 from absl import app
 from absl import flags as absl_flags
 
-from ladd import flags
+from ladd import files, flags
 from ladd.errors import one_line_errors
 from ladd.train_loop import train
 
@@ -23,8 +21,8 @@ def main(argv):
       raise ValueError("--config is required, e.g. --config=configs/shakespeare.py")
     if not flags.WORKDIR.value:
       raise ValueError("--workdir is required")
-    workdir = os.path.abspath(flags.WORKDIR.value)
-    os.makedirs(workdir, exist_ok=True)
+    workdir = files.resolve(flags.WORKDIR.value)
+    files.make_workdir(workdir)
     train(flags.CONFIG.value, workdir)
 
 

@@ -4,6 +4,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import grain
+from etils import epath
+
+from ladd import files
 
 from ladd.data import binsaw, sudoku, toys
 from ladd.data.dataset import Dataset
@@ -57,9 +60,9 @@ def _sudoku(cfg, workdir: Path | None) -> Dataset:
       tokenizer=sudoku.DigitTokenizer(), mask_symbol="_")
 
 
-def _text_dataset(cfg, workdir: Path | None, corpus: TextCorpus) -> Dataset:
+def _text_dataset(cfg, workdir: Path | None, corpus: TextCorpus, write: bool) -> Dataset:
   tokenizer, token_streams = tokenise_corpus(cfg.tokenizer, cfg.tokenizer_path,
-                                             cfg.bpe_vocab_size, workdir, corpus)
+                                             cfg.bpe_vocab_size, workdir, corpus, write)
   windows = {split: TokenWindows(token_streams[split], cfg.seq_len) for split in SPLITS}
   _check_not_empty(len(windows["train"]), len(windows["eval"]), cfg.seq_len)
   character_level = tokenizer.kind == "char"
@@ -73,12 +76,12 @@ def _text_dataset(cfg, workdir: Path | None, corpus: TextCorpus) -> Dataset:
       mask_symbol="_" if character_level else "[MASK]")
 
 
-def _shakespeare(cfg, workdir: Path | None) -> Dataset:
+def _shakespeare(cfg, workdir: Path | None, write: bool) -> Dataset:
   train, held_out = load_shakespeare(cfg.eval_plays)
-  return _text_dataset(cfg, workdir, InMemoryCorpus(tuple(train), tuple(held_out)))
+  return _text_dataset(cfg, workdir, InMemoryCorpus(tuple(train), tuple(held_out)), write)
 
 
-def _text(cfg, workdir: Path | None) -> Dataset:
+def _text(cfg, workdir: Path | None, write: bool) -> Dataset:
   """One document per .txt file (as ladd.prepare's default)."""
   documents = read_text_path(cfg.path)
   if cfg.eval_path:
@@ -86,17 +89,17 @@ def _text(cfg, workdir: Path | None) -> Dataset:
   else:
     train, held_out = split_off_tail(documents)
   corpus = InMemoryCorpus(tuple(train), tuple(held_out))
-  return _text_dataset(cfg, workdir, corpus)
+  return _text_dataset(cfg, workdir, corpus, write)
 
 
-def _tfds(cfg, workdir: Path | None) -> Dataset:
+def _tfds(cfg, workdir: Path | None, write: bool) -> Dataset:
   if not cfg.tfds_name:
     raise DataError("data.source='tfds' needs data.tfds_name (e.g. 'lm1b')")
   splits = {
       "train": open_tfds_split(cfg.tfds_name, cfg.tfds_train_split, cfg.tfds_data_dir),
       "eval": open_tfds_split(cfg.tfds_name, cfg.tfds_eval_split, cfg.tfds_data_dir),
   }
-  return _text_dataset(cfg, workdir, TfdsCorpus(splits, cfg.tfds_text_key))
+  return _text_dataset(cfg, workdir, TfdsCorpus(splits, cfg.tfds_text_key), write)
 
 
 def _pretokenized_dataset(cfg, open_split: Callable[[str], Sequence]) -> Dataset:
@@ -167,13 +170,14 @@ _BUILDERS = {
     "array_record": _array_record, "tfds": _tfds, "prepared": _prepared,
     **{name: toys.toy_dataset for name in toys.TOYS},
 }
+_TEXT_SOURCES = ("shakespeare", "text", "tfds")  # they cache a tokenizer and token streams in the work directory
 
 
 def _check_config(cfg) -> None:
   if cfg.source not in _BUILDERS:
     raise DataError(f"unknown data.source {cfg.source!r}; use one of"
                     f" {', '.join(_BUILDERS)}")
-  if cfg.source in ("shakespeare", "text", "tfds") and cfg.tokenizer not in TOKENIZERS:
+  if cfg.source in _TEXT_SOURCES and cfg.tokenizer not in TOKENIZERS:
     raise DataError(f"unknown data.tokenizer {cfg.tokenizer!r}; use one of"
                     f" {', '.join(TOKENIZERS)}")
   for key in ("seq_len", "batch_size", "eval_batch_size"):
@@ -191,14 +195,19 @@ def _check_not_empty(train_examples: int, eval_examples: int, seq_len: int) -> N
                       f"{seq_len} tokens; lower seq_len or add data")
 
 
-def build_dataset(data_cfg, workdir: str | None) -> Dataset:
+def build_dataset(data_cfg, workdir: str | None, write: bool = True) -> Dataset:
   """The Dataset for data_cfg. Text sources keep their tokenizer and token streams
-  in workdir (created if missing) and reuse them on later calls; None trains in
-  memory."""
+  in workdir (a local one is created if missing; any etils.epath location) and reuse
+  them on later calls; None trains in memory. With write=False (every process but the
+  main one) they only read it: what it lacks is computed in memory."""
   _check_config(data_cfg)
-  if workdir:
+  if workdir and files.is_local(workdir) and write:
     Path(workdir).mkdir(parents=True, exist_ok=True)
-  dataset = _BUILDERS[data_cfg.source](data_cfg, Path(workdir) if workdir else None)
+  cache = epath.Path(workdir) if workdir else None
+  if data_cfg.source in _TEXT_SOURCES:
+    dataset = _BUILDERS[data_cfg.source](data_cfg, cache, write)
+  else:
+    dataset = _BUILDERS[data_cfg.source](data_cfg, cache)
   if len(dataset.eval_examples) < data_cfg.eval_batch_size:
     raise DataError(f"the held-out split has {len(dataset.eval_examples)} examples,"
                     f" fewer than one eval batch (data.eval_batch_size="

@@ -18,13 +18,13 @@ A work directory therefore belongs to one data configuration: change the data
 
 import dataclasses
 import json
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
+from ladd import files
 from ladd.data import streams
 from ladd.data.errors import DataError
 from ladd.data.tokenizers import Tokenizer, load_tokenizer, make_tokenizer
@@ -107,7 +107,7 @@ def document_stream(tokenizer: Tokenizer, documents: list[str]) -> np.ndarray:
 
 
 def _load_or_train_tokenizer(kind: str, tokenizer_path: str, bpe_vocab_size: int,
-                             workdir: Path | None, corpus: TextCorpus) -> tuple[Tokenizer, bool]:
+                             workdir: Path | None, corpus: TextCorpus, write: bool) -> tuple[Tokenizer, bool]:
   """The tokenizer, and whether it came from the work directory."""
   path = workdir / TOKENIZER_FILE if workdir else None
   if path and path.exists():
@@ -118,7 +118,7 @@ def _load_or_train_tokenizer(kind: str, tokenizer_path: str, bpe_vocab_size: int
                       f"{tokenizer.kind!r}")
     return tokenizer, True
   tokenizer = make_tokenizer(kind, tokenizer_path, bpe_vocab_size, corpus.tokenizer_text)
-  if path:
+  if path and write:
     tokenizer.save(path)
   return tokenizer, False
 
@@ -140,33 +140,35 @@ def _cached_stamp(workdir: Path) -> dict | None:
 
 
 def _write_stamp(workdir: Path, stamp: dict) -> None:
-  path = workdir / STREAM_FILE
-  tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-  tmp.write_text(json.dumps(stamp), encoding="utf-8")
-  os.replace(tmp, path)
+  files.write_text(workdir / STREAM_FILE, json.dumps(stamp))
 
 
 def _token_stream(tokenizer: Tokenizer, corpus: TextCorpus, split: str,
-                  workdir: Path | None, cache_valid: bool) -> np.ndarray:
+                  workdir: Path | None, cache_valid: bool, write: bool) -> np.ndarray:
   encoded = _encode_documents(tokenizer, corpus, split)
-  if workdir is None:
-    return np.concatenate([np.zeros(0, np.int32), *encoded])
-  path = workdir / f"tokens_{split}.npy"
-  if not (cache_valid and path.exists()):
-    streams.write_token_stream(path, encoded)
-  return np.load(path, mmap_mode="r")
+  path = workdir / f"tokens_{split}.npy" if workdir else None
+  if path and cache_valid and path.exists():
+    return files.load_npy(path)
+  if path and write and files.is_local(path):
+    streams.write_token_stream(path, encoded)  # in pieces, never all in memory
+    return files.load_npy(path)
+  stream = np.concatenate([np.zeros(0, np.int32), *encoded])
+  if path and write:
+    files.save_npy(path, stream)
+  return stream
 
 
 def tokenise_corpus(kind: str, tokenizer_path: str, bpe_vocab_size: int, workdir: Path | None,
-                    corpus: TextCorpus) -> tuple[Tokenizer, dict[str, np.ndarray]]:
-  """The tokenizer and each split's token stream, from the cache when possible."""
+                    corpus: TextCorpus, write: bool = True) -> tuple[Tokenizer, dict[str, np.ndarray]]:
+  """The tokenizer and each split's token stream, from the cache when possible; the
+  cache is written only with `write`."""
   tokenizer, loaded = _load_or_train_tokenizer(kind, tokenizer_path, bpe_vocab_size, workdir,
-                                               corpus)
+                                               corpus, write)
   stamp = _stream_stamp(tokenizer)
   cache_valid = loaded and _cached_stamp(workdir) == stamp
-  token_streams = {split: _token_stream(tokenizer, corpus, split, workdir, cache_valid)
+  token_streams = {split: _token_stream(tokenizer, corpus, split, workdir, cache_valid, write)
                    for split in SPLITS}
-  if workdir and not cache_valid:
+  if workdir and write and not cache_valid:
     _write_stamp(workdir, stamp)  # last: the streams it describes are in place
   return tokenizer, token_streams
 

@@ -12,13 +12,14 @@ import base64
 import functools
 import hashlib
 import json
-import os
 import re
 from pathlib import Path
 
 import numpy as np
 import tokenizers as hf
+from etils import epath
 
+from ladd import files
 from ladd.data.errors import DataError
 
 UNKNOWN_CHAR = "\ufffd"  # decoded form of <unk>: one character, so lengths still match
@@ -32,13 +33,6 @@ GPT2_EOS_ID = 50256
 # whitespace (every piece holding X ends at X; "\n" is a piece of its own; matching is
 # forward-only), so encoding the pieces separately gives exactly the ids of the whole.
 _GPT2_SAFE_CUT = re.compile(r"(?<=\S\n)(?=\S)")
-
-
-def _write_atomically(path: Path, text: str) -> None:
-  # Several processes may share a work directory; none may see a half-written file.
-  tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-  tmp.write_text(text, encoding="utf-8")
-  os.replace(tmp, path)
 
 
 class CharTokenizer:
@@ -70,7 +64,7 @@ class CharTokenizer:
     return "".join(self._table[np.asarray(ids, dtype=np.int64)])
 
   def save(self, path) -> None:
-    _write_atomically(Path(path), json.dumps({"kind": self.kind, "chars": self.chars}))
+    files.write_text(path, json.dumps({"kind": self.kind, "chars": self.chars}))
 
 
 def _splits_after_newlines(tokenizer: hf.Tokenizer) -> bool:
@@ -154,7 +148,7 @@ class BpeTokenizer:
     return self._tokenizer.decode(np.asarray(ids).tolist(), skip_special_tokens=False)
 
   def save(self, path) -> None:
-    _write_atomically(Path(path), self._tokenizer.to_str())
+    files.write_text(path, self._tokenizer.to_str())
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -200,7 +194,7 @@ class Gpt2Tokenizer(BpeTokenizer):
     super().__init__(_gpt2_hf_tokenizer(), chunk=_gpt2_chunks)
 
   def save(self, path) -> None:
-    _write_atomically(Path(path), json.dumps({"kind": self.kind, "sha256": GPT2_SHA256}))
+    files.write_text(path, json.dumps({"kind": self.kind, "sha256": GPT2_SHA256}))
 
 
 @functools.cache
@@ -248,7 +242,7 @@ def make_tokenizer(kind: str, tokenizer_path: str, bpe_vocab_size: int,
 
 def load_tokenizer(path) -> Tokenizer:
   """Loads a tokenizer saved by any class's `save`."""
-  text = Path(path).read_text(encoding="utf-8")
+  text = epath.Path(path).read_text(encoding="utf-8")
   saved = json.loads(text)
   if saved.get("kind") == "char":
     return CharTokenizer(saved["chars"])

