@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ladd import files
 from ladd.data import streams
 from ladd.data.errors import DataError
 from ladd.data.tokenizers import BpeTokenizer, Gpt2Tokenizer, Tokenizer
@@ -221,9 +222,7 @@ def _write_records(path: Path, rows: np.ndarray) -> None:
 
 
 def _write_json(path: Path, value) -> None:
-  tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-  tmp.write_text(json.dumps(value, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-  os.replace(tmp, path)
+  files.write_text(path, json.dumps(value, indent=1, sort_keys=True) + "\n")
 
 
 _WORKER = {}  # per worker process: the plan, its tokenizer and documents
