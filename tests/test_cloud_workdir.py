@@ -148,7 +148,7 @@ def test_text_cache_in_a_bucket(emulator, tmp_path, monkeypatch):
   assert not fs.exists(f"{BUCKET}/reader")
   first = build_dataset(cfg, f"gs://{BUCKET}/text")
   assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{BUCKET}/text")) == [
-      "tokenizer.json", "tokens_eval.npy", "tokens_train.npy"]
+      "tokenizer.json", "tokens.json", "tokens_eval.npy", "tokens_train.npy"]
   corpus.write_text("ZYXWVUTSRQ different text\n" * 40)  # must not retrain
   again = build_dataset(cfg, f"gs://{BUCKET}/text", write=False)
   assert again.tokenizer.chars == first.tokenizer.chars == empty.tokenizer.chars
