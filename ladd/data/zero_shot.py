@@ -8,11 +8,12 @@ come back when the ids are decoded.
 """
 
 import dataclasses
-from pathlib import Path
 
 import grain
 import numpy as np
+from etils import epath
 
+from ladd import files
 from ladd.data.dataset import Dataset
 from ladd.data.errors import DataError
 from ladd.data.prepare import MANIFEST, read_manifest
@@ -39,8 +40,8 @@ def _prepared(dataset: Dataset, path: str) -> tuple[Dataset, dict]:
                     f" {dataset.vocab_size}, seq_len {dataset.seq_len}); prepare it with the same"
                     " tokenizer and seq_len")
   held_out = manifest["splits"]["eval"]
-  records = TokenRecords(grain.sources.ArrayRecordDataSource(
-      [str(Path(path) / f) for f in held_out["files"]]), dataset.seq_len, dataset.vocab_size)
+  records = TokenRecords(grain.sources.ArrayRecordDataSource(files.local_copies(
+      [epath.Path(path) / f for f in held_out["files"]])), dataset.seq_len, dataset.vocab_size)
   report = {"path": path, "kind": "prepared", "split": "eval", "source": manifest["source"],
             "documents": held_out["documents"], "dropped_tokens": held_out["dropped_tokens"]}
   return dataclasses.replace(
@@ -54,7 +55,7 @@ def zero_shot_dataset(dataset: Dataset, path: str) -> tuple[Dataset, dict]:
   and a report of what the tokenizer made of it."""
   if dataset.tokenizer is None:
     raise DataError("this checkpoint's data has no tokenizer, so it cannot read --data")
-  if (Path(path) / MANIFEST).exists():
+  if (epath.Path(path) / MANIFEST).exists():
     return _prepared(dataset, path)
   tokenizer = dataset.tokenizer
   documents = read_text_path(path)  # joined as in training (ladd.data.text)
