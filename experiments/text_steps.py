@@ -15,10 +15,14 @@ re-scores. Writes text_steps.md, .json and .png to --results_dir.
 `--tiny` makes a seconds-long smoke run of the whole pipeline (ladd.config.make_tiny
 models, a 300-token BPE vocabulary, 8 training steps, N = 2, 4, 4 samples).
 
-Cost of the defaults (8 models, 400 steps each): one model's training at this size
-measured 50 steps in ~S50 s on 2 busy cores (`nice -n 19 python -m experiments.text_steps
---only_runs=mdlm --train_steps=50 --sampling_steps=4 --samples_per_point=4`), so the full
-command needs about ESTIMATE on 2 idle cores. Not yet run at full size.
+Cost of the defaults (8 models, 400 steps each, d_model 64 x 2 layers, L = 128, batch 32):
+not measured yet. The timing command is
+`nice -n 19 python -m experiments.text_steps --only_runs=mdlm --train_steps=50
+--sampling_steps=4 --samples_per_point=4 --eval_batches=2 --workdir=DIR` (it trains the
+AR judge and MDLM for 50 steps each; read step_time_s in DIR/*/metrics.jsonl); its first
+try, on 2 cores at load average 11, had not finished compiling the first training step
+after 10 min. Choose --train_steps and --samples_per_point from its figures so the whole
+run fits in about an hour on 2 idle cores. Not yet run at full size.
 """
 
 import json
