@@ -12,8 +12,9 @@ model is sampled once (left to right, NFE = L); it scores its own samples. A rer
 the same --workdir retrains nothing that is trained (ladd.train_loop resumes) and only
 re-scores. Writes text_steps.md, .json and .png to --results_dir.
 
-`--tiny` makes a seconds-long smoke run of the whole pipeline (ladd.config.make_tiny
-models, a 300-token BPE vocabulary, 8 training steps, N = 2, 4, 4 samples).
+`--tiny` makes a smoke run of the whole pipeline in minutes, compilation dominating
+(ladd.config.make_tiny models, a 300-token BPE vocabulary, 8 training steps, N = 2, 4,
+4 samples).
 
 Cost of the defaults (8 models, 400 steps each, d_model 64 x 2 layers, L = 128, batch 32):
 not measured yet. The timing command is
@@ -47,7 +48,7 @@ STEPS = flags.DEFINE_list("sampling_steps", ["4", "8", "16", "32", "64", "128"],
 EVAL_BATCHES = flags.DEFINE_integer("eval_batches", 16, "Held-out batches for the NELBO (--tiny: 2).")
 ONLY = flags.DEFINE_list("only_runs", [], "Train/evaluate only these runs (names as in RUNS); the"
                          " judge (ar) is trained whenever it is not yet.")
-TINY = flags.DEFINE_bool("tiny", False, "A seconds-long smoke run: tiny models, few steps and samples.")
+TINY = flags.DEFINE_bool("tiny", False, "A smoke run in minutes: tiny models, few steps and samples.")
 
 JUDGE = "ar"
 # name -> LADD variant of configs/ladd_binsaw.py, or the method name. Sequential LADD runs
