@@ -1,0 +1,241 @@
+"""Text quality vs sampling steps on the embedded Shakespeare plays (BPE tokens; issue 11,
+item 6): the AR judge, MDLM, VADD, VMD and Co-/Di-LADD (sequential and joint schedules).
+
+    python -m experiments.text_steps --workdir=/work/expdirs/text_steps
+
+Trains every model at one CPU-sized backbone (`cpu_sized`), the AR model first: it is the
+judge. Reports for each the held-out NELBO (a bound on -log p(x0) unless marked †; for the
+AR model its exact NLL, so its perplexity is exact) and, for N in --sampling_steps, the
+gen-PPL under the AR judge and the mean unigram entropy of --samples_per_point samples
+(ladd.evaluation.sweep_workdir, temperature 1), with the NFE each sampler used. The AR
+model is sampled once (left to right, NFE = L); it scores its own samples. A rerun with
+the same --workdir retrains nothing that is trained (ladd.train_loop resumes) and only
+re-scores. Writes text_steps.md, .json and .png to --results_dir.
+
+`--tiny` makes a smoke run of the whole pipeline in minutes, compilation dominating
+(ladd.config.make_tiny models, a 300-token BPE vocabulary, 8 training steps, N = 2, 4,
+4 samples).
+
+Cost of the defaults (8 models, 400 steps each, d_model 64 x 2 layers, L = 128, batch 32):
+not measured yet. The timing command is
+`nice -n 19 python -m experiments.text_steps --only_runs=mdlm --train_steps=50
+--sampling_steps=4 --samples_per_point=4 --eval_batches=2 --workdir=DIR` (it trains the
+AR judge and MDLM for 50 steps each; read step_time_s in DIR/*/metrics.jsonl); its first
+try, on 2 cores at load average 11, had not finished compiling the first training step
+after 10 min. Choose --train_steps and --samples_per_point from its figures so the whole
+run fits in about an hour on 2 idle cores. Not yet run at full size.
+"""
+
+import json
+import os
+import sys
+import time
+
+from absl import app, flags
+
+from configs import ladd_binsaw, shakespeare
+from ladd import checkpoint, summary, text_metrics
+from ladd.config import make_tiny
+from ladd.evaluation import evaluate, sweep_workdir
+from ladd.flags import WORKDIR, parser
+from ladd.job import load_trained
+from ladd.train_loop import train
+
+RESULTS = flags.DEFINE_string("results_dir", "experiments/results", "Where the table, JSON and plot go.")
+TRAIN_STEPS = flags.DEFINE_integer("train_steps", 400, "Training steps per model (--tiny: 8).")
+NUM_SAMPLES = flags.DEFINE_integer("samples_per_point", 32, "Samples per (model, N) (--tiny: 4).")
+STEPS = flags.DEFINE_list("sampling_steps", ["4", "8", "16", "32", "64", "128"], "Token steps N (--tiny: 2, 4).")
+EVAL_BATCHES = flags.DEFINE_integer("eval_batches", 16, "Held-out batches for the NELBO (--tiny: 2).")
+ONLY = flags.DEFINE_list("only_runs", [], "Train/evaluate only these runs (names as in RUNS); the"
+                         " judge (ar) is trained whenever it is not yet.")
+TINY = flags.DEFINE_bool("tiny", False, "A smoke run in minutes: tiny models, few steps and samples.")
+
+JUDGE = "ar"
+# name -> LADD variant of configs/ladd_binsaw.py, or the method name. Sequential LADD runs
+# N_y = N latent steps before the N token steps (SamplerSettings.latent_steps = 0).
+RUNS = {
+    JUDGE: "ar",
+    "mdlm": "mdlm",
+    "vadd": "vadd",
+    "vmd": "vmd",
+    "co_ladd/sequential": "co_seq",
+    "di_ladd/sequential": "di_seq",
+    "co_ladd/joint": "co_joint",
+    "di_ladd/joint": "di_joint",
+}
+
+
+def tiny():
+  return TINY.value
+
+
+def setting(flag, tiny_value):
+  """The flag's value, or the smoke run's unless the flag was given."""
+  return tiny_value if tiny() and not flag.present else flag.value
+
+
+def steps_list():
+  return [int(n) for n in setting(STEPS, ["2", "4"])]
+
+
+def cpu_sized(config):
+  """Shared by every run so backbones match: a 2-core CPU budget (or make_tiny with --tiny)."""
+  steps = setting(TRAIN_STEPS, 8)
+  if tiny():
+    make_tiny(config)
+    config.data.update(bpe_vocab_size=300)
+  else:
+    config.model.update(d_model=64, n_layers=2, n_heads=4, cond_dim=32)
+    config.data.update(seq_len=128, batch_size=32, eval_batch_size=32)
+    config.optim.update(lr=2e-3, warmup_steps=min(100, steps // 10))
+  config.vae.update(kl_anneal_steps=steps // 2)
+  config.train.update(steps=steps, eval_every=steps, checkpoint_every=steps, log_every=max(steps // 5, 1))
+  return config
+
+
+def make_config(name, tokenizer_path):
+  config = shakespeare.get_config("bpe")
+  variant = RUNS[name]
+  if variant in ladd_binsaw.METHOD_AND_SCHEDULE:
+    ladd_binsaw.apply_ladd(config, variant + ("_tiny" if tiny() else ""), "shakespeare")
+    config.latent.update(slots=2 if tiny() else 8, encoder_layers=1 if tiny() else 2)  # as configs/ladd_shakespeare.py
+  else:
+    config.method = variant
+  config = cpu_sized(config)
+  # every model reads the judge's BPE vocabulary, so all see the same token sequences
+  config.data.update(tokenizer_path=tokenizer_path or "")
+  return config
+
+
+def train_once(name, root, tokenizer_path):
+  """(work directory, training seconds): trains, or resumes; a trained model is not retrained
+  and keeps the time its training took."""
+  workdir = os.path.join(root, name.replace("/", "_"))
+  record = os.path.join(workdir, "text_steps_train.json")
+  if os.path.exists(record):
+    with open(record) as f:
+      return workdir, json.load(f)["train_s"]
+  start = time.time()
+  config = make_config(name, tokenizer_path)
+  train(config, workdir)
+  train_s = time.time() - start
+  reached = checkpoint.manager(workdir, read_only=True).latest_step() or 0
+  if reached < config.train.steps:  # stopped by a signal: the checkpoint is saved, nothing is scored
+    sys.exit(f"experiments.text_steps: {name} stopped at step {reached} of {config.train.steps};"
+             " run the same command to resume")
+  with open(record, "w") as f:
+    json.dump({"train_s": train_s}, f)
+  return workdir, train_s
+
+
+def run_one(name, workdir, train_s, judge):
+  start = time.time()
+  job, step, params, model_state = load_trained(workdir)
+  ev = evaluate(job, params, model_state, num_batches=setting(EVAL_BATCHES, 2), t_samples=1, seed=0)
+  kind = ev["kinds"]["nelbo"]
+  ppl = ev.get("ppl") if kind == "exact" else ev.get("ppl_bound")
+  steps = steps_list()[:1] if name == JUDGE else steps_list()  # AR: one left-to-right pass
+  records, points = sweep_workdir(workdir, judge, steps, [1.0], setting(NUM_SAMPLES, 4), seed=1)
+  with open(os.path.join(workdir, "text_steps_samples.jsonl"), "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in records)
+  row = {"name": name, "workdir": workdir, "checkpoint_step": int(step), "train_s": train_s,
+         "describe": job.method.describe(), "nelbo_per_token": ev["nelbo_per_token"], "kind": kind, "ppl": ppl,
+         "vocab_size": ev["vocab_size"], "points": [
+             {k: p[k] for k in ("steps", "nfe", "gen_ppl", "unigram_entropy", "repeated_4grams", "tokens")}
+             for p in points]}
+  for p in row["points"]:
+    print(f"{name}: N={p['steps']} NFE={p['nfe']:g} gen-PPL {p['gen_ppl']:.1f} entropy {p['unigram_entropy']:.2f}",
+          flush=True)
+  row["eval_s"] = time.time() - start
+  return row
+
+
+def nelbo_cell(row):
+  if row["kind"] == "exact":
+    return f"{row['nelbo_per_token']:.3f} (PPL {row['ppl']:.1f}, exact)"
+  if row["kind"] == "bound":
+    return f"{row['nelbo_per_token']:.3f} (PPL ≤ {row['ppl']:.1f})"
+  return summary.mark(row["nelbo_per_token"], False, digits=3)
+
+
+def write_table(rows, path, command, seconds):
+  steps = steps_list()
+  first = rows[0]
+  lines = [
+      "# Shakespeare (BPE): text quality vs sampling steps", "",
+      f"Command: `{command}` ({seconds / 60:.1f} min wall on this machine).", "",
+      f"Every model: the same backbone ({'make_tiny' if tiny() else 'd_model 64, 2 layers, 4 heads'};"
+      f" `experiments/text_steps.py` cpu_sized), BPE vocabulary {first['vocab_size']} (the judge's, shared),"
+      f" {rows[0]['checkpoint_step']} training steps; EMA parameters. Held-out NELBO: nats per token"
+      f" over {setting(EVAL_BATCHES, 2)} batches, one t per sequence; a bound on -log p(x0) unless marked"
+      " † (a training objective, not a bound: ladd.summary, method.md §7); the AR model's is its exact NLL."
+      f" Cell: **gen-PPL** under the AR judge / mean unigram entropy (nats) of {setting(NUM_SAMPLES, 4)}"
+      " samples at N token steps, temperature 1 [NFE: token-network calls + latent calls; sequential"
+      " LADD takes N_y = N latent steps]. The AR model samples left to right (NFE = L) and scores itself.", "",
+      "| method | held-out NELBO / NLL | " + " | ".join(f"N={n}" for n in steps) + " |",
+      "|---|---|" + "---|" * len(steps),
+  ]
+  for row in rows:
+    by_steps = {p["steps"]: p for p in row["points"]}
+    if row["name"] == JUDGE:
+      p = row["points"][0]
+      cells = [f"ancestral: **{p['gen_ppl']:.1f}** / {p['unigram_entropy']:.2f} [{p['nfe']:g}]"] + [""] * (len(steps) - 1)
+    else:
+      cells = [f"**{by_steps[n]['gen_ppl']:.1f}** / {by_steps[n]['unigram_entropy']:.2f} [{by_steps[n]['nfe']:g}]"
+               for n in steps]
+    lines.append(f"| {row['name']} | {nelbo_cell(row)} | " + " | ".join(cells) + " |")
+  lines += ["", "Time per model (train / evaluate): "
+            + ", ".join(f"{r['name']} {r['train_s'] / 60:.1f} / {r['eval_s'] / 60:.1f} min" for r in rows)]
+  with open(path, "w") as f:
+    f.write("\n".join(lines) + "\n")
+
+
+def write_plot(rows, path):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+  for row in rows:
+    if row["name"] == JUDGE:
+      p = row["points"][0]
+      for ax, x in ((left, p["nfe"]), (right, p["unigram_entropy"])):
+        ax.plot([x], [p["gen_ppl"]], "k*", ms=10, label="ar (left to right)")
+      continue
+    points = sorted(row["points"], key=lambda p: p["nfe"])
+    left.plot([p["nfe"] for p in points], [p["gen_ppl"] for p in points], marker="o", label=row["name"])
+    right.plot([p["unigram_entropy"] for p in points], [p["gen_ppl"] for p in points], marker="o", label=row["name"])
+  left.set(xlabel="NFE", ylabel="gen-PPL under the AR judge", xscale="log", yscale="log")
+  right.set(xlabel="mean unigram entropy (nats)", ylabel="gen-PPL under the AR judge", yscale="log")
+  left.legend(fontsize=7)
+  fig.suptitle("Shakespeare (BPE): gen-PPL vs NFE and entropy")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+
+
+def main(argv):
+  del argv
+  start = time.time()
+  root = os.path.abspath(WORKDIR.value or "/tmp/text_steps")
+  os.makedirs(RESULTS.value, exist_ok=True)
+  command = ("python -m experiments.text_steps " + " ".join(sys.argv[1:])).strip()
+  names = ONLY.value or list(RUNS)
+  unknown = [n for n in names if n not in RUNS]
+  if unknown:
+    raise app.UsageError(f"unknown --only_runs {', '.join(unknown)}; choose from {', '.join(RUNS)}")
+  judge_workdir, judge_train_s = train_once(JUDGE, root, None)
+  tokenizer_path = os.path.join(judge_workdir, "tokenizer.json")
+  judge = text_metrics.load_judge(judge_workdir)
+  rows = []
+  for name in names:  # the files are rewritten after every model
+    workdir, train_s = (judge_workdir, judge_train_s) if name == JUDGE else train_once(name, root, tokenizer_path)
+    rows.append(run_one(name, workdir, train_s, judge))
+    seconds = time.time() - start
+    with open(os.path.join(RESULTS.value, "text_steps.json"), "w") as f:
+      json.dump({"command": command, "wall_s": seconds, "rows": rows}, f, indent=1, default=str)
+    write_table(rows, os.path.join(RESULTS.value, "text_steps.md"), command, seconds)
+  write_plot(rows, os.path.join(RESULTS.value, "text_steps.png"))
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=parser("experiments.text_steps"))
