@@ -98,11 +98,13 @@ def position_embedding(cfg, rngs):
   return embedding(cfg.seq_len, cfg.d_model, ("position", "embed"), cfg, rngs)
 
 
-def add_positions(h, table):
-  """h [B, T, d] plus the first T rows of a position table (None: h unchanged)."""
+def add_positions(h, table, positions=None):
+  """h [B, T, d] plus a position table's rows at integer `positions` [T] (default: the
+  first T rows; table None: h unchanged)."""
   if table is None:
     return h
-  return h + table.embedding[None, :h.shape[1]].astype(h.dtype)
+  rows = table.embedding[:h.shape[1]] if positions is None else table.embedding[positions]
+  return h + rows[None].astype(h.dtype)
 
 
 def layer_norm(x, eps=1e-6):
@@ -297,9 +299,7 @@ class DiT(nnx.Module):
       raise ValueError("decode runs a causal network position by position; this DiT is bidirectional")
     cond = self.condition(jnp.zeros(token.shape, jnp.float32))
     positions = jnp.reshape(position, (1,))
-    h = self.embed(token[:, None])
-    if self.positions is not None:
-      h = h + self.positions.embedding[positions][None].astype(h.dtype)
+    h = add_positions(self.embed(token[:, None]), self.positions, positions)
     if self.cfg.scan_layers:
       # jax.lax.scan over the stacked parameters, not nnx.scan: samplers call decode inside
       # a jax loop, where an nnx transform cannot take modules from the enclosing trace.
