@@ -27,6 +27,7 @@ run fits in about an hour on 2 idle cores. Not yet run at full size.
 """
 
 import json
+import math
 import os
 import sys
 import time
@@ -139,9 +140,11 @@ def run_one(name, workdir, train_s, judge):
   with open(os.path.join(workdir, "text_steps_samples.jsonl"), "w") as f:
     f.writelines(json.dumps(r) + "\n" for r in records)
   row = {"name": name, "workdir": workdir, "checkpoint_step": int(step), "train_s": train_s,
-         "describe": job.method.describe(), "nelbo_per_token": ev["nelbo_per_token"], "kind": kind, "ppl": ppl,
+         "describe": job.method.describe(), "nelbo_per_token": ev["nelbo_per_token"],
+         "nelbo_per_token_stderr": ev["nelbo_per_token_stderr"], "kind": kind, "ppl": ppl,
          "vocab_size": ev["vocab_size"], "points": [
-             {k: p[k] for k in ("steps", "nfe", "gen_ppl", "unigram_entropy", "repeated_4grams", "tokens")}
+             {k: p[k] for k in ("steps", "nfe", "gen_ppl", "gen_nll_per_token_stderr", "unigram_entropy", "repeated_4grams",
+                               "tokens")}
              for p in points]}
   for p in row["points"]:
     print(f"{name}: N={p['steps']} NFE={p['nfe']:g} gen-PPL {p['gen_ppl']:.1f} entropy {p['unigram_entropy']:.2f}",
@@ -151,16 +154,46 @@ def run_one(name, workdir, train_s, judge):
 
 
 def nelbo_cell(row):
+  value = f"{row['nelbo_per_token']:.3f} ± {row['nelbo_per_token_stderr']:.3f}"
   if row["kind"] == "exact":
-    return f"{row['nelbo_per_token']:.3f} (PPL {row['ppl']:.1f}, exact)"
+    return f"{value} (PPL {row['ppl']:.1f}, exact)"
   if row["kind"] == "bound":
-    return f"{row['nelbo_per_token']:.3f} (PPL ≤ {row['ppl']:.1f})"
-  return summary.mark(row["nelbo_per_token"], False, digits=3)
+    return f"{value} (PPL ≤ {row['ppl']:.1f})"
+  return summary.mark(row["nelbo_per_token"], False, digits=3) + f" ± {row['nelbo_per_token_stderr']:.3f}"
+
+
+def point_cell(p):
+  return (f"**{p['gen_ppl']:.1f}** ±{100 * p['gen_nll_per_token_stderr']:.0f}% / {p['unigram_entropy']:.2f}"
+          f" [{p['nfe']:g}]")
+
+
+def matching_baseline(point, baseline):
+  """MDLM's point at the same NFE, else the one with the fewest NFE above it (so MDLM never
+  gets the smaller budget); None if MDLM has none that large."""
+  larger = [q for q in baseline["points"] if q["nfe"] >= point["nfe"]]
+  return min(larger, key=lambda q: q["nfe"]) if larger else None
+
+
+def versus_baseline(row, baseline):
+  """Where the row's gen-PPL is below / above MDLM's at equal NFE by more than two standard
+  errors of the difference of their log gen-PPLs, and where the two are within that."""
+  verdicts = {"lower": [], "higher": [], "within 2 s.e.": []}
+  for p in sorted(row["points"], key=lambda p: p["steps"]):
+    q = matching_baseline(p, baseline)
+    if q is None:
+      continue
+    gap = math.log(p["gen_ppl"]) - math.log(q["gen_ppl"])
+    noise = 2 * math.hypot(p["gen_nll_per_token_stderr"], q["gen_nll_per_token_stderr"])
+    entropy = " (entropy lower by > 0.1)" if p["unigram_entropy"] < q["unigram_entropy"] - 0.1 else ""
+    key = "within 2 s.e." if abs(gap) <= noise else ("lower" if gap < 0 else "higher")
+    verdicts[key].append(f"{p['steps']}{entropy}" if key == "lower" else str(p["steps"]))
+  return "; ".join(f"{k} at N = {', '.join(v)}" for k, v in verdicts.items() if v) or "no MDLM point at its NFE"
 
 
 def write_table(rows, path, command, seconds):
   steps = steps_list()
   first = rows[0]
+  baseline = next((r for r in rows if r["name"] == "mdlm"), None)
   lines = [
       "# Shakespeare (BPE): text quality vs sampling steps", "",
       f"Command: `{command}` ({seconds / 60:.1f} min wall on this machine).", "",
@@ -170,19 +203,22 @@ def write_table(rows, path, command, seconds):
       f" over {setting(EVAL_BATCHES, 2)} batches, one t per sequence; a bound on -log p(x0) unless marked"
       " † (a training objective, not a bound: ladd.summary, method.md §7); the AR model's is its exact NLL."
       f" Cell: **gen-PPL** under the AR judge / mean unigram entropy (nats) of {setting(NUM_SAMPLES, 4)}"
-      " samples at N token steps, temperature 1 [NFE: token-network calls + latent calls; sequential"
-      " LADD takes N_y = N latent steps]. The AR model samples left to right (NFE = L) and scores itself.", "",
-      "| method | held-out NELBO / NLL | " + " | ".join(f"N={n}" for n in steps) + " |",
-      "|---|---|" + "---|" * len(steps),
+      " samples at N token steps, temperature 1, ± the standard error of the log gen-PPL over samples"
+      " (in %) [NFE: token-network calls + latent calls; sequential LADD takes N_y = N latent steps]."
+      " The AR model samples left to right (NFE = L) and scores itself. Last column: where the gen-PPL"
+      " is lower or higher than MDLM's at equal NFE (MDLM's point at the same NFE, else the next larger"
+      " one) by more than two standard errors.", "",
+      "| method | held-out NELBO / NLL | " + " | ".join(f"N={n}" for n in steps) + " | vs MDLM at equal NFE |",
+      "|---|---|" + "---|" * (len(steps) + 1),
   ]
   for row in rows:
     by_steps = {p["steps"]: p for p in row["points"]}
     if row["name"] == JUDGE:
       p = row["points"][0]
-      cells = [f"ancestral: **{p['gen_ppl']:.1f}** / {p['unigram_entropy']:.2f} [{p['nfe']:g}]"] + [""] * (len(steps) - 1)
+      cells = ["ancestral: " + point_cell(p)] + [""] * (len(steps) - 1) + [""]
     else:
-      cells = [f"**{by_steps[n]['gen_ppl']:.1f}** / {by_steps[n]['unigram_entropy']:.2f} [{by_steps[n]['nfe']:g}]"
-               for n in steps]
+      cells = [point_cell(by_steps[n]) for n in steps]
+      cells.append(versus_baseline(row, baseline) if baseline and row is not baseline else "")
     lines.append(f"| {row['name']} | {nelbo_cell(row)} | " + " | ".join(cells) + " |")
   lines += ["", "Time per model (train / evaluate): "
             + ", ".join(f"{r['name']} {r['train_s'] / 60:.1f} / {r['eval_s'] / 60:.1f} min" for r in rows)]

@@ -186,5 +186,6 @@ def sweep_workdir(workdir, judge, steps, temperatures, num_samples, seed):
       mine = [dict(base, index=i, text=job.dataset.decode(row)) for i, row in enumerate(tokens)]
       metrics = text_metrics.sample_metrics(mine, judge)
       records += mine
-      rows.append(dict(base, **{k: metrics[k] for k in ("gen_ppl", "unigram_entropy", "repeated_4grams", "tokens")}))
+      rows.append(dict(base, **{k: metrics[k] for k in ("gen_ppl", "gen_nll_per_token_stderr", "unigram_entropy",
+                                                           "repeated_4grams", "tokens")}))
   return records, rows

@@ -138,39 +138,57 @@ class Judge:
     weights[:len(ids)] = 1.0
     return padded.reshape(count, self.seq_len), weights.reshape(count, self.seq_len)
 
-  def total_nll(self, sequences: list[np.ndarray]) -> float:
-    windows, weights = zip(*(self.windows(ids) for ids in sequences if len(ids)))
-    windows, weights = np.concatenate(windows), np.concatenate(weights)
-    total = 0.0
+  def sequence_nlls(self, sequences: list[np.ndarray]) -> np.ndarray:
+    """The judge's NLL (nats) of each token sequence [len(sequences)], float64; an empty
+    sequence scores 0."""
+    scored = [(i, *self.windows(ids)) for i, ids in enumerate(sequences) if len(ids)]
+    owner = np.concatenate([np.full(len(windows), i) for i, windows, _ in scored])
+    windows = np.concatenate([windows for _, windows, _ in scored])
+    weights = np.concatenate([weights for _, _, weights in scored])
+    per_window = np.zeros(len(windows))
     for start in range(0, len(windows), self.batch_size):
       batch, batch_weights = windows[start:start + self.batch_size], weights[start:start + self.batch_size]
       rows = len(batch)
       fill = self.batch_size - rows  # one compiled shape
       batch = np.concatenate([batch, np.zeros((fill, self.seq_len), np.int32)])
       batch_weights = np.concatenate([batch_weights, np.zeros((fill, self.seq_len), np.float32)])
-      total += float(np.asarray(self._nll_sums(batch, batch_weights), np.float64)[:rows].sum())
-    return total
+      per_window[start:start + rows] = np.asarray(self._nll_sums(batch, batch_weights), np.float64)[:rows]
+    return np.bincount(owner, weights=per_window, minlength=len(sequences))
+
+
+def pooled_stderr(nlls: np.ndarray, tokens: np.ndarray) -> float:
+  """Standard error of the pooled NLL per token sum(nlls) / sum(tokens) over independent
+  samples (the ratio estimator's delta method); 0 for a single sample."""
+  n = len(nlls)
+  if n < 2:
+    return 0.0
+  ratio = nlls.sum() / tokens.sum()
+  residuals = nlls - ratio * tokens
+  return float(np.sqrt(np.sum(residuals ** 2) / (n * (n - 1))) / tokens.mean())
 
 
 def sample_metrics(records: list[dict], judge: Judge) -> dict:
   """Gen-PPL, entropy and repeated n-grams of the samples' texts, with what produced them."""
   eos_text = judge.eos_text()
   sequences = [judge.tokenizer.encode(cut_at_eos(r["text"], eos_text)) for r in records]
-  tokens = sum(len(ids) for ids in sequences)
+  lengths = np.array([len(ids) for ids in sequences], np.float64)
+  tokens = int(lengths.sum())
   if tokens == 0:
     raise ValueError("every sample is empty before its first end-of-text token")
-  nll = judge.total_nll(sequences)
+  nlls = judge.sequence_nlls(sequences)
+  nll = float(nlls.sum())
   repeats = {n: np.sum([repeated_ngrams(ids, n) for ids in sequences], axis=0) for n in NGRAMS}
   return {
       "gen_ppl": float(np.exp(nll / tokens)),
       "gen_nll_per_token": nll / tokens,
+      "gen_nll_per_token_stderr": pooled_stderr(nlls, lengths),
       "unigram_entropy": float(np.mean([unigram_entropy(ids) for ids in sequences])),
       **{f"repeated_{n}grams": float(r[0] / r[1]) if r[1] else 0.0 for n, r in repeats.items()},
       "samples": len(records), "tokens": int(tokens),
       "empty_samples": sum(len(ids) == 0 for ids in sequences),
       "protocol": ("text cut at the first end-of-text token (excluded), re-tokenised by the judge,"
                    f" scored in windows of {judge.seq_len} tokens from BOS; gen-PPL pooled over"
-                   " tokens; entropy: mean over samples of the unigram entropy (nats)"),
+                   " tokens, its stderr over samples (delta method); entropy: mean over samples of the unigram entropy (nats)"),
       "judge": judge.description,
       "judge_tokenizer": {"kind": judge.tokenizer.kind, "vocab_size": judge.tokenizer.vocab_size,
                           "eos_id": judge.tokenizer.eos_id},

@@ -11,7 +11,7 @@ from ladd.data.shakespeare import load_shakespeare
 from ladd.data.zero_shot import zero_shot_dataset
 from ladd.evaluation import evaluate
 from ladd.job import load_trained
-from ladd.text_metrics import Judge, repeated_ngrams, sample_metrics, unigram_entropy
+from ladd.text_metrics import Judge, pooled_stderr, repeated_ngrams, sample_metrics, unigram_entropy
 from tests.helpers import ROOT, entry_point, subprocess_env
 
 
@@ -58,6 +58,22 @@ def test_gen_ppl_of_held_out_text_is_its_perplexity(judge, held_out):
   assert metrics["tokens"] == result["estimator"]["tokens"]
   np.testing.assert_allclose(metrics["gen_ppl"], result["ppl"], rtol=1e-5)
   assert 2 < result["ppl"] < 0.5 * judge[1].dataset.vocab_size  # the judge learnt something
+
+
+def test_gen_ppl_stderr_is_the_spread_of_samples_scored_one_by_one(judge, held_out):
+  scorer = judge[2]
+  texts = held_out[1][:12] + ["To be, or not to be"]
+  alone = [sample_metrics(records([t]), scorer) for t in texts]
+  nlls = np.array([m["gen_nll_per_token"] * m["tokens"] for m in alone])
+  lengths = np.array([m["tokens"] for m in alone], np.float64)
+  pooled = sample_metrics(records(texts), scorer)
+  np.testing.assert_allclose(pooled["gen_nll_per_token"], nlls.sum() / lengths.sum(), rtol=1e-6)
+  np.testing.assert_allclose(pooled["gen_nll_per_token_stderr"], pooled_stderr(nlls, lengths), rtol=1e-5)
+  # equal lengths: the ratio estimator's standard error is that of the per-sample means
+  same = nlls[:12] / lengths[:12] * 64
+  np.testing.assert_allclose(pooled_stderr(same, np.full(12, 64.0)),
+                             np.std(same / 64, ddof=1) / np.sqrt(12), rtol=1e-12)
+  assert pooled_stderr(nlls[:1], lengths[:1]) == 0.0
 
 
 def test_gen_ppl_of_training_text_is_close_to_held_out(judge, held_out):
