@@ -116,5 +116,10 @@ def test_tpu_vm_commands_name_the_slice_and_launch_every_host():
   assert "python -m ladd.compile --config=configs/openwebtext_pod.py:1b --topology=v5p:4x4x8 --config.train.microbatches=2" in lines
   [launch] = [line for line in lines if "ladd.train" in line]
   assert "--worker=all" in launch and "--distributed" in launch and "--workdir=/mnt/s/runs/r" in launch
+  in_bucket = tpu_commands.commands(tpu_commands.argparse.Namespace(
+      accelerator="v6e-256", config="c.py", name="n", zone="us-east5-b", bucket="b", shared_dir="", run="r", override=[]))
+  [launch] = [line for line in in_bucket if "ladd.train" in line]
+  assert "--workdir=gs://b/runs/r" in launch and not any("gcsfuse" in line for line in in_bucket)
+  assert "gcloud storage buckets create gs://b --location=us-east5" in in_bucket
   with pytest.raises(ValueError, match="accelerator type"):
     tpu_commands.parse_accelerator("v5p:4x4x8")

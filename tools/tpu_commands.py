@@ -49,7 +49,8 @@ def commands(args):
   name, zone = args.name, args.zone
   tpu = "gcloud compute tpus tpu-vm"
   where = f"{name} --zone={zone}"
-  workdir = f"{args.shared_dir}/runs/{args.run}"
+  root = args.shared_dir or f"gs://{args.bucket}"
+  workdir = f"{root}/runs/{args.run}"
   train = (f"python -m ladd.train --config={args.config} --workdir={workdir} --distributed"
            + "".join(f" {shlex.quote(o)}" for o in args.override))
   return [
@@ -63,21 +64,29 @@ def commands(args):
       "git archive --format=tar.gz --prefix=ladd/ -o /tmp/ladd.tar.gz HEAD",
       f"{tpu} scp /tmp/ladd.tar.gz {name}:~/ --zone={zone} --worker=all",
       f"{tpu} ssh {where} --worker=all --command=\"tar xzf ladd.tar.gz && cd ladd && "
-      "pip install -c constraints.txt -e '.[tpu,tfds]'\"",
-      f"# 3. Mount one file system on every host at {args.shared_dir} (hosts share no disk; checkpoints,",
-      "#    metrics and the tokenizer go to the work directory), e.g. a Cloud Storage bucket with gcsfuse:",
-      f"{tpu} ssh {where} --worker=all --command=\"sudo mkdir -p {args.shared_dir} && "
-      f"sudo chown $USER {args.shared_dir} && gcsfuse --implicit-dirs {args.bucket} {args.shared_dir}\"",
+      "pip install -c constraints.txt -e '.[tpu,tfds,gcs]'\"",
+      *(mount_commands(args, tpu, where) if args.shared_dir else [
+          "# 3. The work directory is in the bucket (every host reads and writes it; hosts share no disk).",
+          "#    Make the bucket once, in the slice's region; the hosts' service account needs write access:",
+          f"gcloud storage buckets create gs://{args.bucket} --location={zone.rsplit('-', 1)[0]}"]),
       "# 4. Train: one process per host; --distributed finds the others. Each host logs to ~/train.log;",
       f"#    process 0 prints the progress lines and writes {workdir}/metrics.jsonl, tensorboard/, config.json;",
       f"#    every host writes its shards of {workdir}/checkpoints/<step>/. Rerunning resumes.",
       f"{tpu} ssh {where} --worker=all --command=\"cd ladd && nohup {train} > ~/train.log 2>&1 &\"",
-      "# 5. Watch, sample and evaluate (any machine that mounts the work directory)",
+      "# 5. Watch, sample and evaluate (any machine that " + ("mounts" if args.shared_dir else "can read") + " the work directory)",
       f"{tpu} ssh {where} --worker=0 --command=\"tail -f ~/train.log\"",
       f"python -m ladd.sample --workdir={workdir} && python -m ladd.evaluate --workdir={workdir}",
       "# 6. Delete the slice when done (it is billed while it exists)",
       f"{tpu} delete {where} --quiet",
   ]
+
+
+def mount_commands(args, tpu, where):
+  return [
+      f"# 3. Mount one file system on every host at {args.shared_dir} (hosts share no disk; checkpoints,",
+      "#    metrics and the tokenizer go to the work directory), e.g. a Cloud Storage bucket with gcsfuse:",
+      f"{tpu} ssh {where} --worker=all --command=\"sudo mkdir -p {args.shared_dir} && "
+      f"sudo chown $USER {args.shared_dir} && gcsfuse --implicit-dirs {args.bucket} {args.shared_dir}\""]
 
 
 def main(argv):
@@ -86,9 +95,11 @@ def main(argv):
   parser.add_argument("--config", required=True, help="config, e.g. configs/openwebtext_pod.py:1b")
   parser.add_argument("--name", default="ladd", help="TPU VM name")
   parser.add_argument("--zone", default="us-east5-a", help="zone that offers the accelerator")
-  parser.add_argument("--bucket", default="MY_BUCKET", help="Cloud Storage bucket mounted as the shared directory")
-  parser.add_argument("--shared_dir", default="/mnt/shared", help="where every host mounts the shared file system")
-  parser.add_argument("--run", default="run", help="run name: the work directory is SHARED_DIR/runs/RUN")
+  parser.add_argument("--bucket", default="MY_BUCKET", help="Cloud Storage bucket of the work directory")
+  parser.add_argument("--shared_dir", default="", help="instead of gs://BUCKET: a directory where every host mounts"
+                      " the bucket with gcsfuse")
+  parser.add_argument("--run", default="run", help="run name: the work directory is gs://BUCKET/runs/RUN"
+                      " (or SHARED_DIR/runs/RUN)")
   parser.add_argument("override", nargs="*", help="extra --config.* overrides passed to ladd.compile and ladd.train")
   args = parser.parse_args(argv)
   try:
