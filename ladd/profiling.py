@@ -2,8 +2,8 @@
 traces steps START + 1 ... START + COUNT into <workdir>/profile (open with TensorBoard's
 profile plugin or Perfetto); COUNT 0 traces nothing.
 
-The profiler writes through XLA's own file systems: its gs:// ignores the endpoints and
-credentials ladd's other files use (an emulator, gcsfs's), and it has no s3:// at all. So a
+The profiler writes through XLA's own file systems: its gs:// ignores the endpoint ladd's
+other files may be given (STORAGE_EMULATOR_HOST: an emulator), and it has no s3://. So a
 trace for a work directory that is not local is written to a local temporary directory and
 uploaded with ladd.files when it stops."""
 
