@@ -2,7 +2,8 @@
 separate process) stands in for gs://, reached by gcsfs (hence etils.epath) through
 STORAGE_EMULATOR_HOST and by TensorStore (Orbax's arrays) through TENSORSTORE_GCS_HTTP_URL.
 Train, resume, sample and evaluate with the work directory in the bucket, a
-two-process run, and shards prepared into the bucket and trained on from there;
+two-process run, text and shards prepared into the bucket (and from a source in it) and
+trained on from there, a profile trace, zero-shot evaluation of text and shards in it;
 nothing in the file layer is replaced.
 
 (gcp-storage-emulator, the pure-Python one, cannot hold Orbax checkpoints: it ignores
@@ -139,22 +140,21 @@ def test_train_resume_sample_evaluate_and_two_processes_in_a_bucket(emulator, tm
       "process_0-of-2.json", "process_1-of-2.json"}  # each process's data position (and Orbax's commit marker)
 
 
-def test_text_cache_in_a_bucket(emulator, tmp_path, monkeypatch):
-  """The tokenizer and token streams of a text source are kept in a gs:// work directory
-  (read whole: object stores cannot be memory-mapped) and reused; a process that may not
-  write (write=False, every process but the main one) reads them, and writes nothing
-  where they are missing."""
+def test_text_cache_in_a_bucket(emulator, monkeypatch):
+  """The text of a text source is read from a bucket, and its tokenizer and token streams
+  are kept in a gs:// work directory (read whole: object stores cannot be memory-mapped)
+  and reused; a process that may not write (write=False, every process but the main one)
+  reads them, and writes nothing where they are missing."""
   monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator)
-  corpus = tmp_path / "corpus.txt"
-  corpus.write_text("the quick brown fox jumps over the lazy dog\n" * 40)
-  cfg = data_cfg(source="text", path=str(corpus), seq_len=16, eval_batch_size=2)
   fs = bucket(emulator)
+  fs.pipe(f"{BUCKET}/corpus.txt", b"the quick brown fox jumps over the lazy dog\n" * 40)
+  cfg = data_cfg(source="text", path=f"gs://{BUCKET}/corpus.txt", seq_len=16, eval_batch_size=2)
   empty = build_dataset(cfg, f"gs://{BUCKET}/reader", write=False)
   assert not fs.exists(f"{BUCKET}/reader")
   first = build_dataset(cfg, f"gs://{BUCKET}/text")
   assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{BUCKET}/text")) == [
       "tokenizer.json", "tokens.json", "tokens_eval.npy", "tokens_train.npy"]
-  corpus.write_text("ZYXWVUTSRQ different text\n" * 40)  # must not retrain
+  fs.pipe(f"{BUCKET}/corpus.txt", b"ZYXWVUTSRQ different text\n" * 40)  # must not retrain
   again = build_dataset(cfg, f"gs://{BUCKET}/text", write=False)
   assert again.tokenizer.chars == first.tokenizer.chars == empty.tokenizer.chars
   for split in ("train_examples", "eval_examples"):
@@ -230,7 +230,8 @@ def test_prepare_into_a_bucket_train_profile_and_evaluate_zero_shot_there(emulat
 
 def test_prepare_from_a_bucket(emulator, tmp_path, monkeypatch):
   """--source=gs://...: a directory of .txt files and a .jsonl file give shards byte for
-  byte the ones their local copies give; a source that is not there is one error line."""
+  byte the ones their local copies give; a source that is not there is a DataError (one
+  `ladd.prepare: error:` line)."""
   monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator)
   write_corpus(tmp_path / "corpus")
   small_bpe_with_eos(tmp_path / "bpe.json")
@@ -239,8 +240,6 @@ def test_prepare_from_a_bucket(emulator, tmp_path, monkeypatch):
   fs = bucket(emulator)
   fs.put(str(tmp_path / "corpus"), f"{BUCKET}/source/corpus", recursive=True)
   fs.put(str(tmp_path / "corpus.jsonl"), f"{BUCKET}/source/corpus.jsonl")
-  missing = start("ladd.prepare", emulator, "--source=gs://no-such-bucket/corpus", f"--output={tmp_path / 'nothing'}",
-                  "--workers=1", devices=1)
   for name in ("corpus", "corpus.jsonl"):
     outputs = {}
     for where, source in (("local", str(tmp_path / name)), ("bucket", f"gs://{BUCKET}/source/{name}")):
@@ -251,6 +250,5 @@ def test_prepare_from_a_bucket(emulator, tmp_path, monkeypatch):
       outputs[where] = {p.name: p.read_bytes() for p in (tmp_path / where / name).iterdir()
                         if p.name not in ("manifest.json", "plan.json")}  # they name the source
     assert outputs["bucket"] == outputs["local"] and len(outputs["local"]) == 7, name
-  _, err = finish(missing, 2)
-  assert [line for line in err.splitlines() if line.startswith("ladd.")] == [
-      "ladd.prepare: error: no .txt or .jsonl files at --source='gs://no-such-bucket/corpus'"]
+  with pytest.raises(DataError, match="no .txt or .jsonl files at --source='gs://no-such-bucket/corpus'"):
+    prepare(Plan(source="gs://no-such-bucket/corpus"), str(tmp_path / "nothing"), workers=1)
