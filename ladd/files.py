@@ -126,6 +126,31 @@ def upload(local_file, path) -> None:
   os.remove(local_file)
 
 
+def files_under(directory) -> list[epath.Path]:
+  """Every file under `directory`, at any depth (links to directories are not followed),
+  sorted component by component as pathlib sorts paths; one listing per directory."""
+  directory = epath.Path(directory)
+  found, top = [], None
+  for parent, _, names in directory.walk():
+    # file systems name the directories they walk their own way (fsspec drops gs://), but
+    # the first one is `directory` itself
+    top = str(parent) if top is None else top
+    relative = os.path.relpath(str(parent), top)
+    parts = () if relative == "." else tuple(relative.split("/"))
+    found += [(*parts, name) for name in names]
+  return [directory.joinpath(*parts) for parts in sorted(found)]
+
+
+def upload_tree(local_directory, path) -> None:
+  """Moves every file under a local directory to the same place under `path` (see upload)."""
+  for file in files_under(local_directory):
+    relative = os.path.relpath(file, local_directory)
+    target = epath.Path(path) / relative
+    if is_local(target):
+      target.parent.mkdir(parents=True, exist_ok=True)
+    upload(file, target)
+
+
 def local_copies(paths) -> list[str]:
   """Local files with the contents of `paths`: local ones as they are; the others
   downloaded whole, once, into a temporary directory removed when the process exits.

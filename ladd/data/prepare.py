@@ -31,7 +31,6 @@ import multiprocessing
 import os
 import tempfile
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 from etils import epath
@@ -92,7 +91,7 @@ class FileDocuments:
     return len(self.files)
 
   def read(self, start: int, stop: int) -> list[str]:
-    return [Path(f).read_text(encoding="utf-8") for f in self.files[start:stop]]
+    return [epath.Path(f).read_text(encoding="utf-8") for f in self.files[start:stop]]
 
 
 class LineDocuments:
@@ -103,7 +102,7 @@ class LineDocuments:
     self.files, self.text_key = files, text_key
     file_ids, offsets = [], []
     for i, path in enumerate(files):
-      with open(path, "rb") as f:
+      with epath.Path(path).open("rb") as f:
         offset = 0
         for line in f:
           if line.strip():
@@ -116,12 +115,14 @@ class LineDocuments:
     return len(self.offsets)
 
   def read(self, start: int, stop: int) -> list[str]:
-    texts = []
-    for file_id, offset in zip(self.file_ids[start:stop], self.offsets[start:stop]):
-      with open(self.files[file_id], "rb") as f:
-        f.seek(offset)
-        line = f.readline().decode("utf-8").rstrip("\r\n")
-      texts.append(line if self.text_key is None else self._field(line, file_id))
+    texts, file_ids = [], self.file_ids[start:stop]
+    # one open per file, not per line: on an object store each open is a request
+    for file_id in np.unique(file_ids):
+      with epath.Path(self.files[file_id]).open("rb") as f:
+        for offset in self.offsets[start:stop][file_ids == file_id]:
+          f.seek(offset)
+          line = f.readline().decode("utf-8").rstrip("\r\n")
+          texts.append(line if self.text_key is None else self._field(line, file_id))
     return texts
 
   def _field(self, line: str, file_id: int) -> str:
@@ -163,17 +164,17 @@ def open_documents(plan: Plan):
   if plan.source.startswith("tfds:"):
     return TfdsDocuments(plan.source[len("tfds:"):], plan.tfds_split, plan.tfds_data_dir,
                          plan.text_key)
-  root = Path(plan.source)
-  files = sorted(root.rglob("*")) if root.is_dir() else [root]
-  files = [str(f) for f in files if f.is_file() and f.suffix in (".txt", ".jsonl")]
-  if not root.exists() or not files:
+  root = epath.Path(plan.source)
+  found = files.files_under(root) if root.is_dir() else [root] if root.exists() else []
+  found = [str(f) for f in found if f.suffix in (".txt", ".jsonl")]
+  if not found:
     raise DataError(f"no .txt or .jsonl files at --source={plan.source!r}")
-  kinds = {Path(f).suffix for f in files}
+  kinds = {epath.Path(f).suffix for f in found}
   if len(kinds) > 1:
     raise DataError(f"{plan.source} mixes .txt and .jsonl files; prepare them separately")
   if kinds == {".jsonl"}:
-    return LineDocuments(files, plan.text_key)
-  return FileDocuments(files) if plan.documents == "file" else LineDocuments(files, None)
+    return LineDocuments(found, plan.text_key)
+  return FileDocuments(found) if plan.documents == "file" else LineDocuments(found, None)
 
 
 # ---------------------------------------------------------------- shards

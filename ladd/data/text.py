@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+from etils import epath
 
 from ladd import files
 from ladd.data import streams
@@ -65,14 +66,17 @@ class InMemoryCorpus:
 
 
 def read_text_path(path: str) -> list[str]:
-  """The documents at path: a .txt file, or every .txt file under a directory (sorted),
-  one document per file (as `ladd.prepare --documents=file`)."""
-  root = Path(path)
-  files = sorted(root.rglob("*.txt")) if path and root.is_dir() else [root]
-  if not path or not root.exists() or not files:
+  """The documents at path (local or any etils.epath URL): a .txt file, or every .txt file
+  under a directory (sorted), one document per file (as `ladd.prepare --documents=file`)."""
+  root = epath.Path(path) if path else None
+  if root and root.is_dir():
+    texts = [f for f in files.files_under(root) if f.name.endswith(".txt")]
+  else:
+    texts = [root] if root and root.exists() else []
+  if not texts:
     raise DataError(f"no text found at data.path={path!r}; give a .txt file or a"
                     " directory containing .txt files")
-  return [f.read_text(encoding="utf-8") for f in files]
+  return [f.read_text(encoding="utf-8") for f in texts]
 
 
 def split_off_tail(documents: list[str]) -> tuple[list[str], list[str]]:
