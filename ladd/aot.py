@@ -27,6 +27,17 @@ TOPOLOGY = re.compile(r"^(v4|v5e|v5p|v6e):(\d+(?:x\d+){1,2})$")
 # Compiling claims no chip, so several compiling processes may load libtpu at once.
 QUIET_LIBTPU_ENV = {"TPU_SKIP_MDS_QUERY": "1", "TPU_ACCELERATOR_TYPE": "v5litepod-4",
                     "TPU_WORKER_HOSTNAMES": "localhost", "TPU_WORKER_ID": "0", "ALLOW_MULTIPLE_LIBTPU_LOAD": "1"}
+# libtpu 0.0.41 gives its compiler threads 72 KiB stacks; emitting the 8b config's matmuls for
+# v6e recurses deeper (a segfault in FusionEmitter / TileLatchGroup, ~195 frames), so compiling
+# asks for 64 MiB stacks unless LIBTPU_INIT_ARGS sets them.
+LIBTPU_STACK_FLAGS = {"--fibers_default_thread_stack_size": "67108864",
+                      "--xla_internal_thread_stack_size_bytes": "67108864"}
+
+
+def libtpu_init_args(given):
+  """`given` LIBTPU_INIT_ARGS with the stack flags it does not set itself."""
+  missing = [f"{flag}={value}" for flag, value in LIBTPU_STACK_FLAGS.items() if flag not in given]
+  return " ".join([given.strip(), *missing]).strip()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +55,7 @@ def tpu_slice(name):
                      f"{sorted(HBM_PER_CHIP)}, e.g. v5p:4x4x8 (128 chips), v6e:16x16 (256 chips), v5e:2x2")
   for key, value in QUIET_LIBTPU_ENV.items():
     os.environ.setdefault(key, value)
+  os.environ["LIBTPU_INIT_ARGS"] = libtpu_init_args(os.environ.get("LIBTPU_INIT_ARGS", ""))
   from jax.experimental import topologies
   try:
     topology = topologies.get_topology_desc(platform="tpu", topology_name=name)

@@ -76,6 +76,15 @@ def test_memory_advice_names_the_shortfall_and_the_knobs():
   assert "mesh.fsdp=-1" in line and "train.microbatches=2" in line
 
 
+def test_libtpu_gets_large_compiler_stacks_unless_told_otherwise():
+  # test_train_step_compiles_for_a_tpu_slice_with_per_chip_memory compiles with these flags:
+  # libtpu rejects a flag it does not know, so that test also shows it accepts them
+  assert aot.libtpu_init_args("") == ("--fibers_default_thread_stack_size=67108864"
+                                      " --xla_internal_thread_stack_size_bytes=67108864")
+  mine = aot.libtpu_init_args("--xla_tpu_foo=1 --fibers_default_thread_stack_size=1048576")
+  assert mine == "--xla_tpu_foo=1 --fibers_default_thread_stack_size=1048576 --xla_internal_thread_stack_size_bytes=67108864"
+
+
 def test_bad_topology_is_one_clear_line():
   result = subprocess.run(entry_point("ladd.compile", "--config=configs/shakespeare.py:tiny", "--topology=v5p-256"),
                           cwd=ROOT, env=subprocess_env(1), capture_output=True, text=True, timeout=120)
