@@ -3,8 +3,9 @@
 Tests are dominated by XLA compilation of tiny programs, which LLVM's backend
 optimisations roughly double; the tests compare results computed under the same flags.
 The entry points the tests start as subprocesses compile the same few programs again and
-again, so the session shares one JAX persistent compilation cache (fresh each session, so
-nothing carries over between runs of the suite).
+again, so each test process (each pytest-xdist worker) shares one JAX persistent
+compilation cache with the entry points it starts (fresh each run, so nothing carries over
+between runs of the suite).
 """
 
 import atexit
