@@ -28,18 +28,6 @@ import pytest  # noqa: E402
 jax.config.update("jax_threefry_partitionable", True)
 
 
-# The longest modules (2 idle cores, 2 workers: about 300 / 210 / 180 / 150 / 90 / 90 s), first:
-# pytest-xdist's loadfile hands out modules in collection order, and one of these started
-# last would run on alone after the other worker has finished.
-LONGEST_FIRST = ("test_training.py", "test_faults.py", "test_cloud_workdir.py", "test_ladd_methods.py",
-                 "test_multiprocess.py", "test_vadd_vmd.py")
-
-
-def pytest_collection_modifyitems(items):
-  rank = lambda item: LONGEST_FIRST.index(item.path.name) if item.path.name in LONGEST_FIRST else len(LONGEST_FIRST)
-  items.sort(key=rank)  # stable: each module keeps its own order
-
-
 @pytest.fixture(scope="session")  # one registration of the builder per process (tfds refuses a second)
 def tiny_tfds(tmp_path_factory):
   tfds = pytest.importorskip("tensorflow_datasets")
