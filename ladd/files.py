@@ -141,14 +141,11 @@ def files_under(directory) -> list[epath.Path]:
   return [directory.joinpath(*parts) for parts in sorted(found)]
 
 
-def upload_tree(local_directory, path) -> None:
-  """Moves every file under a local directory to the same place under `path` (see upload)."""
+def upload_tree(local_directory, url) -> None:
+  """Moves every file under a local directory to the same place under the object-store
+  `url` (see upload; an object store needs no parent directories made)."""
   for file in files_under(local_directory):
-    relative = os.path.relpath(file, local_directory)
-    target = epath.Path(path) / relative
-    if is_local(target):
-      target.parent.mkdir(parents=True, exist_ok=True)
-    upload(file, target)
+    upload(file, epath.Path(url) / os.path.relpath(file, local_directory))
 
 
 def local_copies(paths) -> list[str]:
